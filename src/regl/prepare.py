@@ -1,0 +1,90 @@
+"""The prepare stage's work: a source becomes three Parquet shards, train / test / public.
+
+Order of the cuts (each seeded, each stratified by class):
+1. a source without a test split gets one (``test_fraction`` of its training images);
+2. ``public_fraction`` of the training images become the *public pool* (the generator's pre-training data,
+   owned by no client);
+3. the rest is the clients' training pool, capped at ``max_train`` images; the test split at ``max_test``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from regl.images import conform, encode_png, resize
+from regl.params import PrepareParams
+from regl.sampling import stratified_counts, stratified_pick, stratified_split
+from regl.seeding import rng
+from regl.shards import Shard
+from regl.sources import SourceData, Split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    train: Shard
+    test: Shard
+    public: Shard
+
+
+def _cap(labels: np.ndarray, cap: int | None, num_classes: int, gen: np.random.Generator) -> np.ndarray:
+    if cap is None or cap >= len(labels):
+        return np.arange(len(labels))
+    return stratified_pick(labels, stratified_counts(labels, cap, num_classes), gen)
+
+
+def _channels(data: SourceData, wanted: str | int) -> int:
+    if wanted != "auto":
+        return int(wanted)
+    first = data.train.load(0)
+    return 1 if conform(first, None).mode == "L" else 3
+
+
+def _encode(split: Split, indices: np.ndarray, size: int, channels: int, class_names: list[str],
+            source: str, name: str) -> Shard:
+    images = [
+        encode_png(resize(conform(split.load(int(i)), channels), size))
+        for i in tqdm(indices, desc=f"prepare {name}", unit="img", mininterval=1.0, leave=False)
+    ]
+    return Shard(
+        images=images,
+        labels=split.labels[indices],
+        class_names=class_names,
+        columns={"source": ["real"] * len(indices), "id": [split.ids[int(i)] for i in indices]},
+        meta={"dataset": source, "split": name},
+    )
+
+
+def prepare(data: SourceData, params: PrepareParams) -> Prepared:
+    k = len(data.class_names)
+    if len(data.train) == 0:
+        raise ValueError(f"{data.name}: the training split is empty")
+    train_split, test_split = data.train, data.test
+    train_idx = np.arange(len(train_split))
+    if test_split is None:
+        train_idx, test_idx = stratified_split(train_split.labels, params.test_fraction, k, rng(params.seed, "test"))
+        test_split = train_split
+    else:
+        test_idx = np.arange(len(test_split))
+    kept, public_idx = stratified_split(train_split.labels[train_idx], params.public_fraction, k,
+                                        rng(params.seed, "public"))
+    public_idx = train_idx[public_idx]
+    train_idx = train_idx[kept]
+    train_idx = train_idx[_cap(train_split.labels[train_idx], params.max_train, k, rng(params.seed, "max_train"))]
+    test_idx = test_idx[_cap(test_split.labels[test_idx], params.max_test, k, rng(params.seed, "max_test"))]
+
+    channels = _channels(data, params.channels)
+    log.info("%s: %d train, %d test, %d public images at %d px, %d channel(s)",
+             data.name, len(train_idx), len(test_idx), len(public_idx), params.image_size, channels)
+    encode = lambda split, idx, name: _encode(split, idx, params.image_size, channels, data.class_names,  # noqa: E731
+                                              data.name, name)
+    return Prepared(
+        train=encode(train_split, train_idx, "train"),
+        test=encode(test_split, test_idx, "test"),
+        public=encode(train_split, public_idx, "public"),
+    )

@@ -1,0 +1,36 @@
+"""What every stage entrypoint shares: logging, timing, and turning a ReglError into one line and exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from regl.atomic import write_text
+from regl.errors import ReglError
+
+log = logging.getLogger("regl")
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[logging.Logger]:
+    """Run a stage body: log start and end, report user errors as ``error: <one line>`` and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    stage_log = logging.getLogger(f"regl.{name}")
+    start = time.perf_counter()
+    stage_log.info("start")
+    try:
+        yield stage_log
+    except ReglError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    stage_log.info("done in %.1f s", time.perf_counter() - start)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Metrics JSON: sorted keys would scramble the headline-first order, so keys keep insertion order."""
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,34 @@
+"""Stage `prepare`: turn the data source into data/prepared/{train,test,public}.parquet."""
+
+from pathlib import Path
+
+import typer
+
+from regl.atomic import atomic_dir
+from regl.params import load_section
+from regl.prepare import prepare
+from regl.shards import write_shard
+from regl.sources import load_source
+from regl.stage import stage
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    out: Path = typer.Option(Path("data/prepared"), help="output folder"),
+) -> None:
+    with stage("prepare") as log:
+        p = load_section("prepare", params)
+        data = load_source(p.source, p.fashion_mnist_dir)
+        result = prepare(data, p)
+        with atomic_dir(out) as tmp:
+            for name in ("train", "test", "public"):
+                write_shard(tmp / f"{name}.parquet", getattr(result, name))
+        log.info("wrote %s: %d train, %d test, %d public", out, len(result.train), len(result.test),
+                 len(result.public))
+
+
+if __name__ == "__main__":
+    app()
