@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny data made on the spot, and a scratch copy of the pipeline to run DVC in."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", "stages", "src"]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as an IDX file, gzipped like the Debian package's."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist(tmp_path_factory) -> Path:
+    """A Fashion-MNIST-shaped IDX folder: 10 classes, 100 train and 30 test images each, a bright bar per class."""
+    folder = tmp_path_factory.mktemp("fmnist")
+    gen = np.random.default_rng(0)
+    for split, per_class in (("train", 100), ("t10k", 30)):
+        labels = np.repeat(np.arange(10), per_class)
+        gen.shuffle(labels)
+        images = gen.integers(0, 60, size=(len(labels), 28, 28))
+        for i, y in enumerate(labels):
+            images[i, 2 + 2 * y : 4 + 2 * y, :] = 255
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command as a user would, capturing output; ``check`` fails the test with its output shown."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+
+
+def stage(name: str, cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, f"stages/{name}.py", *args], cwd, check)
+
+
+def set_params(repo: Path, **changes) -> None:
+    """Set params in ``repo``/params.yaml; keys with dots reach into sections (``partition.seed``)."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def pipeline(tmp_path, fake_fmnist) -> Path:
+    """A scratch git + DVC repository holding this pipeline, set to tiny data."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PIPELINE_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, repo / name)
+    set_params(repo, **{
+        "prepare.fashion_mnist_dir": str(fake_fmnist),
+        "prepare.public_fraction": 0.1,
+        "prepare.max_train": None,
+        "prepare.max_test": None,
+        "partition.local_test_size": 20,
+    })
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@example.com"], repo)
+    run(["git", "config", "user.name", "test"], repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline"], repo)
+    return repo

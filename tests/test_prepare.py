@@ -1,0 +1,108 @@
+"""Sources, the prepare cuts, and the Parquet shard format."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from regl.errors import ReglError
+from regl.params import PrepareParams
+from regl.prepare import prepare
+from regl.shards import Shard, read_shard, write_shard
+from regl.sources import FASHION_MNIST_CLASSES, load_source
+
+
+def test_fashion_mnist_cuts_are_disjoint_stratified_and_named(fake_fmnist):
+    data = load_source("fashion-mnist", str(fake_fmnist))
+    out = prepare(data, PrepareParams(public_fraction=0.2, max_train=500, max_test=100))
+    assert out.train.class_names == FASHION_MNIST_CLASSES
+    train_ids, public_ids = set(out.train.columns["id"]), set(out.public.columns["id"])
+    assert not train_ids & public_ids
+    assert len(out.public) == 200 and len(out.train) == 500 and len(out.test) == 100
+    assert np.array_equal(out.public.class_counts(), [20] * 10)  # stratified
+    assert np.array_equal(out.train.class_counts(), [50] * 10)
+    assert all(i.startswith("fashion-mnist/test/") for i in out.test.columns["id"])
+    pixels = out.train.pixels()
+    assert pixels.shape == (500, 32, 32, 1) and pixels.dtype == np.uint8
+
+
+def test_without_a_cap_every_training_image_is_in_train_or_public(fake_fmnist):
+    out = prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(public_fraction=0.1))
+    ids = out.train.columns["id"] + out.public.columns["id"]
+    assert sorted(ids) == sorted(f"fashion-mnist/train/{i}" for i in range(1000))
+
+
+def test_missing_fashion_mnist_folder_says_how_to_get_it(tmp_path):
+    with pytest.raises(ReglError, match="apt-get install dataset-fashion-mnist.*prepare.fashion_mnist_dir"):
+        load_source("fashion-mnist", str(tmp_path / "nowhere"))
+
+
+def test_unknown_source():
+    with pytest.raises(ReglError, match="prepare.source = 'mnist-fancy'.*imagefolder:<path>"):
+        load_source("mnist-fancy", "")
+
+
+def make_imagefolder(root, per_class=6, size=(40, 30)):
+    gen = np.random.default_rng(0)
+    for name in ("cat", "dog", "fox"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(gen.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_imagefolder_gets_a_stratified_test_split(tmp_path):
+    make_imagefolder(tmp_path / "pets", per_class=10)
+    data = load_source(f"imagefolder:{tmp_path / 'pets'}", "")
+    assert data.class_names == ["cat", "dog", "fox"] and data.test is None
+    out = prepare(data, PrepareParams(image_size=16, test_fraction=0.2, public_fraction=0.0))
+    assert np.array_equal(out.test.class_counts(), [2, 2, 2])
+    assert len(out.train) == 24 and len(out.public) == 0
+    assert out.train.pixels().shape[1:] == (16, 16, 3)
+    assert not set(out.train.columns["id"]) & set(out.test.columns["id"])
+
+
+def test_imagefolder_unreadable_image_is_named(tmp_path):
+    make_imagefolder(tmp_path / "pets")
+    (tmp_path / "pets" / "dog" / "broken.png").write_bytes(b"not a png at all")
+    data = load_source(f"imagefolder:{tmp_path / 'pets'}", "")
+    with pytest.raises(ReglError, match=r"dog/broken\.png: unreadable image"):
+        prepare(data, PrepareParams(image_size=16, public_fraction=0.0))
+
+
+def test_parquet_source_reads_our_shards_and_plain_files(tmp_path, fake_fmnist):
+    out = prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=50, max_test=20))
+    write_shard(tmp_path / "train.parquet", out.train)
+    write_shard(tmp_path / "test.parquet", out.test)
+    data = load_source(f"parquet:{tmp_path}", "")
+    assert data.class_names == FASHION_MNIST_CLASSES and len(data.train) == 50 and len(data.test) == 20
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, "PNG")
+    pq.write_table(pa.table({"image": [buf.getvalue()] * 4, "label": ["red", "blue", "red", "blue"]}),
+                   tmp_path / "plain.parquet")
+    plain = load_source(f"parquet:{tmp_path / 'plain.parquet'}", "")
+    assert plain.class_names == ["blue", "red"] and list(plain.train.labels) == [1, 0, 1, 0]
+
+
+def test_shard_round_trip_is_byte_stable_and_readable_by_datasets(tmp_path, fake_fmnist):
+    out = prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=40, max_test=10))
+    write_shard(tmp_path / "a.parquet", out.train)
+    write_shard(tmp_path / "b.parquet", read_shard(tmp_path / "a.parquet"))
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "a.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.features["label"].names == FASHION_MNIST_CLASSES
+    assert isinstance(ds[0]["image"], Image.Image) and ds[0]["image"].size == (32, 32)
+    assert ds["label"][:5] == list(out.train.labels[:5])
+
+
+def test_shard_rejects_mismatched_columns():
+    with pytest.raises(ValueError):
+        Shard(images=[b"x"], labels=[0, 1], class_names=["a", "b"])
