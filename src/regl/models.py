@@ -1,0 +1,74 @@
+"""Classifiers: a small CNN for the embedded default's small images, torchvision's ResNet-18 for 224 px.
+
+Every model exposes ``features(x)`` (the penultimate embedding: MOON's representation, the Fréchet features)
+and ``head`` (the linear classifier), and ``forward(x) = head(features(x))``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from regl.errors import ReglError
+
+MODELS = ("cnn", "resnet18")
+
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (16-32-64 channels, the first two halving the side) and a 128-wide embedding."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 16, embed: int = 128):
+        super().__init__()
+        if image_size < 8 or image_size % 8:
+            raise ReglError(f"model cnn needs an image size divisible by 8 and >= 8, got {image_size} "
+                            f"(set prepare.image_size)")
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(4 * w * 16, embed), nn.ReLU(),
+        )
+        self.embed_dim = embed
+        self.head = nn.Linear(embed, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 (random init: no weights are downloaded), grey input repeated to 3 channels."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: int):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        if image_size < 32:
+            raise ReglError(f"model resnet18 needs images of at least 32 px, got {image_size} "
+                            f"(use train.model=cnn or a larger prepare.image_size)")
+        net = resnet18(weights=None, num_classes=num_classes)
+        self.channels = channels
+        self.embed_dim = net.fc.in_features
+        self.head = net.fc
+        net.fc = nn.Identity()
+        self.body = net
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(name: str, channels: int, num_classes: int, image_size: int) -> nn.Module:
+    if name == "cnn":
+        return SmallCNN(channels, num_classes, image_size)
+    if name == "resnet18":
+        return ResNet18(channels, num_classes, image_size)
+    raise ReglError(f"params.yaml: model = {name!r}: must be one of {', '.join(MODELS)}")

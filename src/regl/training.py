@@ -1,0 +1,85 @@
+"""Supervised training pieces shared by every stage that trains a classifier.
+
+``train_epochs`` is the one SGD loop: the federated engine's local update calls it with an algorithm's hooks,
+the reference classifier and the centralized baseline call it without.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regl.seeding import derive_seed
+
+LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+StepHook = Callable[[nn.Module], None]
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch.Tensor]:
+    """A seeded shuffle of range(n) cut into batches (the last may be short)."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, *keys))
+    return list(torch.randperm(n, generator=gen).split(batch_size))
+
+
+def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDConfig, seed: int, *keys: object,
+                 loss_hook: LossHook | None = None, after_step: StepHook | None = None,
+                 device: torch.device | str = "cpu") -> int:
+    """Plain SGD over (x, y) for ``cfg.epochs``; returns the number of optimizer steps taken.
+
+    ``loss_hook(model, logits, xb, yb)`` returns the loss (default: cross-entropy); ``after_step(model)`` runs
+    after every optimizer step (SCAFFOLD's correction). Batches are shuffled by (seed, keys, epoch).
+    """
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps = 0
+    for epoch in range(cfg.epochs):
+        for idx in batch_order(len(y), cfg.batch_size, seed, *keys, "epoch", epoch):
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            logits = model(xb)
+            loss = loss_hook(model, logits, xb, yb) if loss_hook else F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step(model)
+            steps += 1
+    return steps
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits for every row of x, in batches, in eval mode."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             device: torch.device | str = "cpu") -> dict[str, float]:
+    """Accuracy and mean cross-entropy on (x, y)."""
+    if len(y) == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    logits = predict(model, x, batch_size, device)
+    return {"accuracy": (logits.argmax(1) == y).float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+          device: torch.device | str = "cpu") -> torch.Tensor:
+    """Penultimate features (``model.features``) of every row of x."""
+    model.eval()
+    return torch.cat([model.features(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
