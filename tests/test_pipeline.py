@@ -54,7 +54,7 @@ def test_partition_metrics_and_coverage(pipeline):
     metrics = json.loads((pipeline / "metrics/partition.json").read_text())
     assert metrics["num_clients"] == 10 and metrics["size_min"] >= 10
     assert sum(c["size"] for c in metrics["clients"].values()) == 900  # 1000 train images less 10 % public
-    assert set(metrics["clients"]["00"]["class_counts"]) == {
+    assert set(metrics["clients"]["0"]["class_counts"]) == {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
 
     from regl.shards import read_shard

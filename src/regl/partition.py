@@ -132,7 +132,7 @@ def split_clients(labels: np.ndarray, num_classes: int, num_clients: int, beta: 
 
 
 def client_name(client: int) -> str:
-    return f"client_{client:02d}"
+    return f"client_{client}"  # unpadded: DVC foreach templates build the same name from ${item}
 
 
 def summary(client_ids: list[int], counts: np.ndarray, test_sizes: list[int], class_names: list[str],
@@ -151,7 +151,7 @@ def summary(client_ids: list[int], counts: np.ndarray, test_sizes: list[int], cl
         "classes_95_median": float(np.median(cover)),
         "classes_95_mean": round(float(np.mean(cover)), 4),
         "clients": {
-            f"{c:02d}": {
+            str(c): {
                 "size": int(sizes[i]),
                 "classes_95": cover[i],
                 "local_test_size": int(test_sizes[i]),
