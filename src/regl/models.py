@@ -9,19 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from regl.errors import ReglError
-
 MODELS = ("cnn", "resnet18")
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks (16-32-64 channels, the first two halving the side) and a 128-wide embedding."""
+    """Three conv blocks (16-32-64 channels, the first two halving the side, the last pooled to 4 x 4) and a
+    128-wide embedding (the representation MOON contrasts)."""
 
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 16, embed: int = 128):
         super().__init__()
-        if image_size < 8 or image_size % 8:
-            raise ReglError(f"model cnn needs an image size divisible by 8 and >= 8, got {image_size} "
-                            f"(set prepare.image_size)")
+        if image_size < 8:
+            raise ValueError(f"the cnn needs images of at least 8 px, got {image_size}")
         w = width
         self.body = nn.Sequential(
             nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -48,8 +46,7 @@ class ResNet18(nn.Module):
         from torchvision.models import resnet18
 
         if image_size < 32:
-            raise ReglError(f"model resnet18 needs images of at least 32 px, got {image_size} "
-                            f"(use train.model=cnn or a larger prepare.image_size)")
+            raise ValueError(f"resnet18 needs images of at least 32 px, got {image_size}")
         net = resnet18(weights=None, num_classes=num_classes)
         self.channels = channels
         self.embed_dim = net.fc.in_features
@@ -71,4 +68,4 @@ def build_model(name: str, channels: int, num_classes: int, image_size: int) -> 
         return SmallCNN(channels, num_classes, image_size)
     if name == "resnet18":
         return ResNet18(channels, num_classes, image_size)
-    raise ReglError(f"params.yaml: model = {name!r}: must be one of {', '.join(MODELS)}")
+    raise ValueError(f"unknown model {name!r}: must be one of {', '.join(MODELS)}")

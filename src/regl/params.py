@@ -6,6 +6,7 @@ A bad value stops the stage before any work with one line naming the key and the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -64,9 +65,66 @@ class PartitionParams(Section):
     local_test_size: int = Field(200, ge=0)
 
 
+class FedProxParams(Section):
+    mu: float = Field(0.01, ge=0)
+
+
+class ScaffoldParams(Section):
+    server_lr: float = Field(1.0, gt=0)
+
+
+class FedAvgMParams(Section):
+    server_lr: float = Field(1.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class FedOptParams(Section):
+    server_lr: float = Field(0.01, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
+
+
+class MoonParams(Section):
+    mu: float = Field(5.0, ge=0)
+    temperature: float = Field(0.5, gt=0)
+
+
+ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "moon")
+
+
+class TrainParams(Section):
+    algorithm: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
+    synthetic: bool = False
+    model: Literal["cnn", "resnet18"] = "cnn"
+    rounds: int = Field(20, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    client_fraction: float = Field(1.0, gt=0, le=1)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    fedprox: FedProxParams = FedProxParams()
+    scaffold: ScaffoldParams = ScaffoldParams()
+    fedavgm: FedAvgMParams = FedAvgMParams()
+    fedopt: FedOptParams = FedOptParams()
+    moon: MoonParams = MoonParams()
+
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
+        return device
+
+
 SECTIONS: dict[str, type[Section]] = {
     "prepare": PrepareParams,
     "partition": PartitionParams,
+    "train": TrainParams,
 }
 
 T = TypeVar("T", bound=BaseModel)
@@ -95,21 +153,33 @@ def _valid_range(model: type[BaseModel], field: str) -> str:
             bound = getattr(meta, attr, None)
             if bound is not None and isinstance(meta, annotated_types.BaseMetadata):
                 parts.append(f"{sym} {bound}")
-    if parts:
-        return "must be " + " and ".join(parts)
-    return ""
+    return "must be " + " and ".join(parts) if parts else ""
+
+
+def _walk(model: type[BaseModel], raw: Any, loc: list[str]) -> tuple[type[BaseModel], Any]:
+    """Follow ``loc`` (all but its last part) into nested sections; returns (leaf's model, leaf's value)."""
+    for part in loc[:-1]:
+        info = model.model_fields.get(part)
+        sub = info.annotation if info is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            break
+        model, raw = sub, raw.get(part, {}) if isinstance(raw, dict) else {}
+    value = raw.get(loc[-1], "<missing>") if isinstance(raw, dict) and loc else raw
+    return model, value
+
+
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 def _one_line(exc: ValidationError, model: type[BaseModel], prefix: str, path: Path, raw: dict) -> str:
     err = exc.errors()[0]
     loc = [str(x) for x in err["loc"]]
     key = ".".join(([prefix] if prefix else []) + loc)
+    leaf_model, value = _walk(model, raw, loc)
     if err["type"] == "extra_forbidden":
-        known = ", ".join(model.model_fields)
-        return f"{path}: unknown key {key} (known keys in {prefix}: {known})"
-    value = raw.get(loc[0], "<missing>") if loc else raw
-    why = _valid_range(model, loc[0]) if loc and err["type"] in {
-        "greater_than", "greater_than_equal", "less_than", "less_than_equal"} else ""
+        known = ", ".join(leaf_model.model_fields)
+        return f"{path}: unknown key {key} (known keys here: {known})"
+    why = _valid_range(leaf_model, loc[-1]) if loc and err["type"] in _BOUND_ERRORS else ""
     if not why:
         why = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":

@@ -15,7 +15,7 @@ from torch import nn
 
 from regl.seeding import derive_seed
 
-LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
 
 
@@ -39,7 +39,8 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDCon
                  device: torch.device | str = "cpu") -> int:
     """Plain SGD over (x, y) for ``cfg.epochs``; returns the number of optimizer steps taken.
 
-    ``loss_hook(model, logits, xb, yb)`` returns the loss (default: cross-entropy); ``after_step(model)`` runs
+    ``loss_hook(model, xb, yb)`` runs the forward pass and returns the loss (default: cross-entropy of
+    ``model(xb)``); ``after_step(model)`` runs
     after every optimizer step (SCAFFOLD's correction). Batches are shuffled by (seed, keys, epoch).
     """
     model.train()
@@ -48,8 +49,7 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDCon
     for epoch in range(cfg.epochs):
         for idx in batch_order(len(y), cfg.batch_size, seed, *keys, "epoch", epoch):
             xb, yb = x[idx].to(device), y[idx].to(device)
-            logits = model(xb)
-            loss = loss_hook(model, logits, xb, yb) if loss_hook else F.cross_entropy(logits, yb)
+            loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,1 @@
+"""Federated training: one engine (engine.py) and algorithms that plug into it (algorithm.py and friends)."""

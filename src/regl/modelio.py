@@ -1,0 +1,38 @@
+"""Classifier weights on disk: safetensors (deterministic bytes) with the architecture in its metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from regl.atomic import atomic_file
+from regl.errors import ReglError
+from regl.models import build_model
+
+
+def save_model(path: str | Path, model: nn.Module, arch: dict[str, Any]) -> None:
+    """``arch``: name, channels, num_classes, image_size (what build_model needs), plus any provenance."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_file(path) as tmp:
+        # one metadata entry: safetensors keeps metadata in a hash map, so several keys come out in any order
+        save_file(state, str(tmp), metadata={"regl": json.dumps(arch, sort_keys=True)})
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ReglError(f"{path}: model not found (run the stage that writes it, e.g. `dvc repro`)")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = json.loads((f.metadata() or {}).get("regl", "{}"))
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if "name" not in meta:
+        raise ReglError(f"{path}: not a regl model (no architecture in its metadata)")
+    model = build_model(meta["name"], meta["channels"], meta["num_classes"], meta["image_size"])
+    model.load_state_dict(state)
+    return model.to(device), meta

@@ -1,0 +1,152 @@
+"""The federated engine and its algorithms: equivalences that could fail, hand computations, resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from regl.checkpoint import Checkpoint
+from regl.federated.algorithm import ClientResult
+from regl.federated.algorithms import FedOpt
+from regl.federated.engine import ClientData, Federation, select_clients
+from regl.federated.registry import build_algorithm
+from regl.federated.run import train
+from regl.models import build_model
+from regl.params import TrainParams
+from regl.seeding import derive_seed
+from regl.training import SGDConfig
+
+
+def make_clients(sizes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    clients = []
+    for cid, n in enumerate(sizes):
+        y = torch.randint(0, 4, (n,), generator=gen)
+        x = torch.randn(n, 1, 16, 16, generator=gen) + y.view(-1, 1, 1, 1).float() * 0.5
+        clients.append(ClientData(cid, x, y, n))
+    return clients
+
+
+def factory():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(0, "init"))
+        return build_model("cnn", 1, 4, 16)
+
+
+def federation(algorithm="fedavg", sizes=(40, 24, 56), momentum=0.9, fraction=1.0, **sub):
+    p = TrainParams(algorithm=algorithm, momentum=momentum, **sub)
+    sgd = SGDConfig(epochs=1, batch_size=16, lr=0.05, momentum=momentum, weight_decay=1e-4)
+    return Federation(factory, build_algorithm(p), make_clients(sizes), sgd, fraction, seed=3)
+
+
+def run(fed, rounds):
+    for _ in range(rounds):
+        fed.run_round()
+    return fed.global_weights
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y), (x - y).abs().max()
+
+
+def test_same_seed_same_weights_and_training_moves_them():
+    first, second = run(federation(), 2), run(federation(), 2)
+    assert_same(first, second)
+    assert not torch.equal(first[0], federation().global_weights[0])
+
+
+def test_fedprox_mu_zero_is_fedavg():
+    assert_same(run(federation("fedprox", fedprox={"mu": 0.0}), 2), run(federation(), 2))
+    assert not torch.equal(run(federation("fedprox", fedprox={"mu": 0.5}), 2)[0], run(federation(), 2)[0])
+
+
+def test_fednova_equal_steps_no_momentum_is_fedavg():
+    sizes = (32, 32, 32)
+    assert_same(run(federation("fednova", sizes, momentum=0.0), 2), run(federation("fedavg", sizes, momentum=0.0), 2))
+
+
+def test_fednova_differs_from_fedavg_when_steps_differ():
+    a = run(federation("fednova", (16, 64, 32), momentum=0.0), 1)
+    b = run(federation("fedavg", (16, 64, 32), momentum=0.0), 1)
+    assert not all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_fedavgm_without_momentum_at_rate_one_is_fedavg():
+    fed = federation("fedavgm", fedavgm={"server_lr": 1.0, "momentum": 0.0})
+    assert_same(run(fed, 2), run(federation(), 2))
+
+
+def test_moon_mu_zero_is_fedavg():
+    assert_same(run(federation("moon", moon={"mu": 0.0, "temperature": 0.5}), 2), run(federation(), 2))
+    assert not torch.equal(run(federation("moon"), 2)[0], run(federation(), 2)[0])
+
+
+def test_scaffold_first_round_is_fedavg_with_equal_clients():
+    sizes = (32, 32, 32)
+    fed = federation("scaffold", sizes)
+    assert_same(run(fed, 1), run(federation("fedavg", sizes), 1))
+    # afterwards the control variates are nonzero, so round two differs
+    assert any(c.abs().sum() > 0 for c in fed.algorithm.server_state["c"])
+    assert any(c.abs().sum() > 0 for c in fed.client_states[0]["c_i"])
+    assert not torch.equal(run(fed, 1)[0], run(federation("fedavg", sizes), 2)[0])
+
+
+def hand_fedopt(kind, x, ys, ns, rounds, lr=0.1, b1=0.9, b2=0.99, tau=1e-3):
+    """DESIGN §5 written out in numpy, the same clients' weights every round."""
+    m = np.zeros_like(x)
+    v = np.zeros_like(x)
+    p = np.asarray(ns, float) / sum(ns)
+    for _ in range(rounds):
+        delta = sum(pi * y for pi, y in zip(p, ys)) - x
+        m = b1 * m + (1 - b1) * delta
+        if kind == "adagrad":
+            v = v + delta**2
+        elif kind == "adam":
+            v = b2 * v + (1 - b2) * delta**2
+        else:
+            v = v - (1 - b2) * delta**2 * np.sign(v - delta**2)
+        x = x + lr * m / (np.sqrt(v) + tau)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["adam", "yogi", "adagrad"])
+def test_fedopt_matches_hand_computation_on_two_parameters(kind):
+    alg = FedOpt(kind, server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    x0 = np.array([1.0, -2.0])
+    ys = [np.array([0.5, -1.0]), np.array([2.0, -2.5])]
+    ns = [1, 3]
+    x = [torch.tensor(x0, dtype=torch.float64)]
+    for _ in range(3):
+        results = [ClientResult(i, [torch.tensor(y, dtype=torch.float64)], n, 1) for i, (y, n) in enumerate(zip(ys, ns))]
+        x = alg.aggregate(x, results, num_clients=2)
+    np.testing.assert_allclose(x[0].numpy(), hand_fedopt(kind, x0, ys, ns, 3), rtol=1e-12)
+
+
+def test_client_selection_is_keyed_by_seed_and_round():
+    ids = list(range(10))
+    picks = [select_clients(ids, 0.3, seed=1, round_index=r) for r in range(5)]
+    assert all(len(p) == 3 and p == sorted(p) for p in picks)
+    assert picks == [select_clients(ids, 0.3, seed=1, round_index=r) for r in range(5)]
+    assert len({tuple(p) for p in picks}) > 1
+    assert select_clients(ids, 0.01, 1, 0) and select_clients(ids, 1.0, 1, 0) == ids
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold", "moon", "fedadam", "fednova"])
+def test_resume_equals_uninterrupted(tmp_path, algorithm):
+    test = tuple(make_clients([30], seed=9)[0].__dict__[k] for k in ("x", "y"))
+    straight = train(federation(algorithm, fraction=0.67), 4, test).federation.global_weights
+
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", key="run")
+    train(federation(algorithm, fraction=0.67), 2, test, ckpt)  # "killed" after round 2
+    resumed = train(federation(algorithm, fraction=0.67), 4, test, ckpt)
+    assert resumed.curve[0]["round"] == 1 and [r["round"] for r in resumed.curve] == [1, 2, 3, 4]
+    assert_same(resumed.federation.global_weights, straight)
+
+
+def test_checkpoint_of_another_run_is_ignored(tmp_path):
+    test = tuple(make_clients([30], seed=9)[0].__dict__[k] for k in ("x", "y"))
+    train(federation(), 2, test, Checkpoint(tmp_path / "c.pt", key="other params"))
+    result = train(federation(), 2, test, Checkpoint(tmp_path / "c.pt", key="these params"))
+    assert len(result.curve) == 2
+    assert_same(result.federation.global_weights, run(federation(), 2))

@@ -1,0 +1,97 @@
+"""The federated_train stage as a user runs it: outputs, bad input, SIGKILL and resume, what DVC reruns."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import dvc, set_params, stage
+
+TINY = {"prepare.image_size": 16, "train.rounds": 3, "train.batch_size": 32}
+
+
+@pytest.fixture
+def trained_inputs(pipeline):
+    set_params(pipeline, **TINY)
+    stage("prepare", pipeline)
+    stage("partition", pipeline)
+    return pipeline
+
+
+def test_stage_writes_model_metrics_and_curve(trained_inputs):
+    repo = trained_inputs
+    stage("federated_train", repo)
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["algorithm"] == "fedavg" and metrics["rounds"] == 3 and 0 <= metrics["accuracy"] <= 1
+    assert metrics["real_images"] == 900 and metrics["synthetic_images"] == 0
+    curve = (repo / "metrics/train_curve.csv").read_text().splitlines()
+    assert curve[0] == "round,accuracy,loss,clients" and len(curve) == 4
+    assert float(curve[-1].split(",")[1]) == metrics["accuracy"]
+    from regl.modelio import load_model
+
+    model, meta = load_model(repo / "models/global_model.safetensors")
+    assert meta["algorithm"] == "fedavg" and model(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
+    assert not (repo / ".regl/checkpoints/federated_train.pt").exists()  # a finished run leaves none
+
+
+BAD = [
+    ({"train.algorithm": "fedsgd"}, "train.algorithm = 'fedsgd': must be one of"),
+    ({"train.client_fraction": 0}, "train.client_fraction = 0: must be > 0 and <= 1"),
+    ({"train.client_fraction": 1.5}, "train.client_fraction = 1.5: must be > 0 and <= 1"),
+    ({"train.rounds": 0}, "train.rounds = 0: must be >= 1"),
+    ({"train.synthetic": True}, "train.synthetic = true but data/synthetic/client_0.parquet is missing"),
+    ({"train.model": "resnet18"}, "train.model = 'resnet18' does not fit 16 px images"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BAD)
+def test_bad_input_one_line_nothing_written(trained_inputs, changes, message):
+    set_params(trained_inputs, **changes)
+    proc = stage("federated_train", trained_inputs, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stderr
+    assert not (trained_inputs / "metrics/train.json").exists()
+    assert not (trained_inputs / "models").exists() or not any((trained_inputs / "models").iterdir())
+
+
+def test_sigkill_then_rerun_ends_bit_identical(trained_inputs):
+    repo = trained_inputs
+    set_params(repo, **{"train.rounds": 6, "train.algorithm": "scaffold", "train.client_fraction": 0.5})
+    stage("federated_train", repo)
+    uninterrupted = (repo / "models/global_model.safetensors").read_bytes()
+    curve = (repo / "metrics/train_curve.csv").read_bytes()
+    (repo / "models/global_model.safetensors").unlink()
+
+    ckpt = repo / ".regl/checkpoints/federated_train.pt"
+    proc = subprocess.Popen([sys.executable, "stages/federated_train.py"], cwd=repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=False)["state"]
+    done = state["federation"]["round"]
+    assert 1 <= done < 6, "the run was not caught mid-way"
+
+    resumed = stage("federated_train", repo)
+    assert f"resuming from round {done} of 6" in resumed.stderr
+    assert (repo / "models/global_model.safetensors").read_bytes() == uninterrupted
+    assert (repo / "metrics/train_curve.csv").read_bytes() == curve
+
+
+def test_algorithm_change_reruns_only_training(trained_inputs):
+    repo = trained_inputs
+    dvc("repro", cwd=repo)
+    assert "up to date" in dvc("repro", cwd=repo).stdout
+    set_params(repo, **{"train.algorithm": "fedprox"})
+    assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"federated_train"}
+    set_params(repo, **{"train.algorithm": "fedavg", "train.local_epochs": 2})
+    assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"federated_train"}
+    set_params(repo, beta=0.5)
+    assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"partition", "federated_train"}
