@@ -11,13 +11,15 @@ import typer
 
 from regl.atomic import write_text
 from regl.checkpoint import CHECKPOINT_DIR, Checkpoint, fingerprint
-from regl.federated.run import client_files, load_clients, make_federation, model_factory, resolve_device, train
+from regl.client_data import client_files
+from regl.federated.run import load_clients, make_federation, model_factory, train
 from regl.images import decode_png
 from regl.modelio import save_model
 from regl.params import load_experiment, load_section
 from regl.shards import read_shard
 from regl.stage import stage, write_json
 from regl.tensors import shard_tensors
+from regl.training import resolve_device
 
 app = typer.Typer(add_completion=False)
 
@@ -36,7 +38,7 @@ def main(
         exp = load_experiment(params)
         p = load_section("train", params)
         device = resolve_device(p.device)
-        files = client_files(exp.clients, clients_dir, synthetic_dir, p.synthetic)
+        files = client_files(exp.clients, clients_dir, synthetic_dir, p.synthetic, "train.synthetic")
         test = read_shard(test_file)
         size, _, channels = decode_png(test.images[0]).shape
         factory = model_factory(p, channels, len(test.class_names), size)

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from regl.checkpoint import Checkpoint
+from regl.client_data import ClientData
 from regl.federated.algorithm import ClientResult
 from regl.federated.algorithms import FedOpt
-from regl.federated.engine import ClientData, Federation, select_clients
+from regl.federated.engine import Federation, select_clients
 from regl.federated.registry import build_algorithm
 from regl.federated.run import train
 from regl.models import build_model
@@ -118,7 +119,8 @@ def test_fedopt_matches_hand_computation_on_two_parameters(kind):
     ns = [1, 3]
     x = [torch.tensor(x0, dtype=torch.float64)]
     for _ in range(3):
-        results = [ClientResult(i, [torch.tensor(y, dtype=torch.float64)], n, 1) for i, (y, n) in enumerate(zip(ys, ns))]
+        results = [ClientResult(i, [torch.tensor(y, dtype=torch.float64)], n, 1)
+                   for i, (y, n) in enumerate(zip(ys, ns))]
         x = alg.aggregate(x, results, num_clients=2)
     np.testing.assert_allclose(x[0].numpy(), hand_fedopt(kind, x0, ys, ns, 3), rtol=1e-12)
 

@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-
 from conftest import dvc, set_params, stage
 
 TINY = {"prepare.image_size": 16, "train.rounds": 3, "train.batch_size": 32}

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import dvc, run, set_params, stage
 
 OUTPUT_DIRS = ["data/prepared", "data/clients", "data/local_test"]

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from regl.errors import ReglError
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _known_device(device: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
+    return device
+
+
+Device = Annotated[str, AfterValidator(_known_device)]
 
 
 class Section(BaseModel):
@@ -105,7 +114,7 @@ class TrainParams(Section):
     weight_decay: float = Field(1e-4, ge=0)
     client_fraction: float = Field(1.0, gt=0, le=1)
     seed: int = Field(0, ge=0)
-    device: str = "auto"
+    device: Device = "auto"
     fedprox: FedProxParams = FedProxParams()
     scaffold: ScaffoldParams = ScaffoldParams()
     fedavgm: FedAvgMParams = FedAvgMParams()
@@ -113,18 +122,22 @@ class TrainParams(Section):
     moon: MoonParams = MoonParams()
 
 
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-            raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
-        return device
+class PersonalizeParams(Section):
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    synthetic: bool = False
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
 
 
 SECTIONS: dict[str, type[Section]] = {
     "prepare": PrepareParams,
     "partition": PartitionParams,
     "train": TrainParams,
+    "personalize": PersonalizeParams,
 }
 
 T = TypeVar("T", bound=BaseModel)

@@ -71,7 +71,6 @@ def pathological(labels: np.ndarray, num_clients: int, classes_per_client: int, 
 
     Classes are dealt round-robin from a seeded permutation, so every class goes to some client.
     """
-    n = len(labels)
     k = int(num_classes or labels.max() + 1)
     if classes_per_client > k:
         raise ReglError(f"params.yaml: partition.classes_per_client = {classes_per_client}: must be <= {k} "

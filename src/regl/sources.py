@@ -110,7 +110,8 @@ def _array_split(images: np.ndarray, labels: np.ndarray, prefix: str) -> Split:
 
 def load_fashion_mnist(folder: Path) -> SourceData:
     f = FASHION_MNIST_FILES
-    train = _array_split(_read_idx(folder, f["train_images"]), _read_idx(folder, f["train_labels"]), "fashion-mnist/train")
+    train = _array_split(_read_idx(folder, f["train_images"]), _read_idx(folder, f["train_labels"]),
+                         "fashion-mnist/train")
     test = _array_split(_read_idx(folder, f["test_images"]), _read_idx(folder, f["test_labels"]), "fashion-mnist/test")
     for split in (train, test):
         if split.labels.size and split.labels.max() >= len(FASHION_MNIST_CLASSES):

@@ -13,10 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regl.errors import ReglError
 from regl.seeding import derive_seed
 
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
+
+
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """The torch device for a ``device`` param: auto = CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ReglError(f"params.yaml: {key} = {name!r}: no CUDA device here (use auto or cpu)")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)

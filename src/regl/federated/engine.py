@@ -8,25 +8,16 @@ the state after round r is the global weights, the algorithm's server state and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from regl.client_data import ClientData
 from regl.federated.algorithm import Algorithm, ClientResult, LocalContext
 from regl.federated.weights import Weights, get_weights, parameter_mask, set_weights
 from regl.seeding import rng
 from regl.training import SGDConfig, train_epochs
-
-
-@dataclass
-class ClientData:
-    client: int
-    x: torch.Tensor
-    y: torch.Tensor
-    num_real: int
-    num_synthetic: int = 0
 
 
 def select_clients(client_ids: list[int], fraction: float, seed: int, round_index: int) -> list[int]:

@@ -13,56 +13,22 @@ from torch import nn
 from tqdm import tqdm
 
 from regl.checkpoint import Checkpoint
+from regl.client_data import ClientData, load_client
 from regl.errors import ReglError
-from regl.federated.engine import ClientData, Federation
+from regl.federated.engine import Federation
 from regl.federated.registry import build_algorithm
 from regl.models import build_model
 from regl.params import TrainParams
-from regl.partition import client_name
 from regl.seeding import derive_seed
-from regl.shards import read_shard
-from regl.tensors import shard_tensors
 from regl.training import SGDConfig, evaluate
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ReglError(f"params.yaml: train.device = {name!r}: no CUDA device here (use auto or cpu)")
-    return torch.device(name)
-
-
-def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, synthetic: bool) -> list[Path]:
-    """The shards a run reads, checked to exist before any work."""
-    files = []
-    for cid in clients:
-        real = clients_dir / f"{client_name(cid)}.parquet"
-        if not real.is_file():
-            raise ReglError(f"{real}: client shard missing; run the partition stage (dvc repro partition)")
-        files.append(real)
-        if synthetic:
-            syn = synthetic_dir / f"{client_name(cid)}.parquet"
-            if not syn.is_file():
-                raise ReglError(f"params.yaml: train.synthetic = true but {syn} is missing; run the generate "
-                                f"stages (dvc repro) or set train.synthetic=false")
-            files.append(syn)
-    return files
-
-
 def load_clients(clients: list[int], clients_dir: Path, synthetic_dir: Path, synthetic: bool,
                  channels: int) -> list[ClientData]:
-    out = []
-    for cid in tqdm(clients, desc="load clients", unit="client", leave=False):
-        x, y = shard_tensors(read_shard(clients_dir / f"{client_name(cid)}.parquet"), channels)
-        n_real, n_syn = len(y), 0
-        if synthetic:
-            xs, ys = shard_tensors(read_shard(synthetic_dir / f"{client_name(cid)}.parquet"), channels)
-            x, y, n_syn = torch.cat([x, xs]), torch.cat([y, ys]), len(ys)
-        out.append(ClientData(cid, x, y, n_real, n_syn))
-    return out
+    return [load_client(cid, clients_dir, synthetic_dir, synthetic, channels)
+            for cid in tqdm(clients, desc="load clients", unit="client", leave=False)]
 
 
 def model_factory(p: TrainParams, channels: int, num_classes: int, image_size: int) -> Callable[[], nn.Module]:

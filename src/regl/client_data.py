@@ -1,0 +1,56 @@
+"""A client's images as tensors: its real shard, plus its synthetic shard where a stage asks for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from regl.errors import ReglError
+from regl.partition import client_name
+from regl.shards import read_shard
+from regl.tensors import shard_tensors
+
+
+@dataclass
+class ClientData:
+    client: int
+    x: torch.Tensor
+    y: torch.Tensor
+    num_real: int
+    num_synthetic: int = 0
+
+
+def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, synthetic: bool,
+                 key: str) -> list[Path]:
+    """The shards a stage reads, checked to exist before any work; ``key`` names the param that asked for
+    synthetic data, for the error message."""
+    files = []
+    for cid in clients:
+        real = clients_dir / f"{client_name(cid)}.parquet"
+        if not real.is_file():
+            raise ReglError(f"{real}: client shard missing; run the partition stage (dvc repro partition)")
+        files.append(real)
+        if synthetic:
+            syn = synthetic_dir / f"{client_name(cid)}.parquet"
+            if not syn.is_file():
+                raise ReglError(f"params.yaml: {key} = true but {syn} is missing; run the generate stages "
+                                f"(dvc repro) or set {key}=false")
+            files.append(syn)
+    return files
+
+
+def load_client(cid: int, clients_dir: Path, synthetic_dir: Path, synthetic: bool, channels: int,
+                only_held_classes: bool = False) -> ClientData:
+    """Real images, then (if ``synthetic``) synthetic ones - all classes, or only those the client holds."""
+    real = read_shard(clients_dir / f"{client_name(cid)}.parquet")
+    x, y = shard_tensors(real, channels)
+    if not synthetic:
+        return ClientData(cid, x, y, len(y))
+    syn = read_shard(synthetic_dir / f"{client_name(cid)}.parquet")
+    if only_held_classes:
+        syn = syn.take(np.flatnonzero(np.isin(syn.labels, np.flatnonzero(real.class_counts()))))
+    xs, ys = shard_tensors(syn, channels)
+    return ClientData(cid, torch.cat([x, xs]), torch.cat([y, ys]), len(y), len(ys))
