@@ -35,9 +35,11 @@ def method_name(algorithm: str, synthetic: bool) -> str:
 
 
 def _records(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, data) of every baseline commit and every experiment run in `dvc exp show --json` output."""
+    """(name, data) of every baseline commit and every experiment run in `dvc exp show --json` output (the
+    workspace is skipped: after `dvc exp run` it repeats the last experiment)."""
     for commit in exp_show:
-        yield commit.get("name") or commit.get("rev", "")[:7], commit.get("data") or {}
+        if commit.get("rev") != "workspace":
+            yield commit.get("name") or commit.get("rev", "")[:7], commit.get("data") or {}
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 yield rev.get("name") or exp.get("name") or rev.get("rev", "")[:7], rev.get("data") or {}
