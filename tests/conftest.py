@@ -72,7 +72,8 @@ def set_params(repo: Path, **changes) -> None:
 
 @pytest.fixture
 def pipeline(tmp_path, fake_fmnist) -> Path:
-    """A scratch git + DVC repository holding this pipeline, set to tiny data."""
+    """A scratch git + DVC repository holding this pipeline, set to tiny data (1,000 Fashion-MNIST-shaped
+    training images at 16 px, two rounds of training, one epoch of personalization)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in PIPELINE_FILES:
@@ -87,6 +88,10 @@ def pipeline(tmp_path, fake_fmnist) -> Path:
         "prepare.max_train": None,
         "prepare.max_test": None,
         "partition.local_test_size": 20,
+        "prepare.image_size": 16,
+        "train.rounds": 2,
+        "train.batch_size": 32,
+        "personalize.epochs": 1,
     })
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)

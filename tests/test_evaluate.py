@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import torch
+from conftest import dvc
 
-from conftest import dvc, set_params
 from regl.evaluation import accuracy, confusion_matrix, macro_accuracy, per_class_accuracy
 
 CONTRACT = {"global_accuracy", "macro_accuracy", "per_class_accuracy", "personalized_accuracy_mean",
@@ -27,8 +27,6 @@ def test_per_class_accuracy_agrees_with_the_confusion_matrix():
 
 def test_pipeline_end_to_end_metrics_plots_and_local_views(pipeline):
     repo = pipeline
-    set_params(repo, **{"prepare.image_size": 16, "train.rounds": 2, "train.batch_size": 32,
-                        "personalize.epochs": 1})
     dvc("repro", cwd=repo)
     result = json.loads((repo / "metrics/eval.json").read_text())
     assert CONTRACT <= set(result)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import dvc, set_params, stage
 
-TINY = {"prepare.image_size": 16, "train.rounds": 3, "train.batch_size": 32}
+TINY = {"train.rounds": 3}
 
 
 @pytest.fixture
