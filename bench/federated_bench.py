@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import torch
 
+from regl.federated.params import TrainParams
 from regl.federated.run import load_clients, make_federation, model_factory
-from regl.params import TrainParams, load_experiment
+from regl.params import load_experiment
 from regl.training import SGDConfig, train_epochs
 
 

@@ -15,8 +15,8 @@ from regl.atomic import atomic_dir, write_text
 from regl.errors import ReglError
 from regl.evaluation import accuracy, confusion_matrix, macro_accuracy, per_class_accuracy, rounded
 from regl.modelio import load_model
+from regl.naming import client_name
 from regl.params import load_experiment
-from regl.partition import client_name
 from regl.plots import class_accuracy_figure, count_heatmap, heatmaps_side_by_side, save_figure
 from regl.shards import read_shard
 from regl.stage import stage, write_json

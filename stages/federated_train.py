@@ -12,6 +12,7 @@ import typer
 from regl.atomic import write_text
 from regl.checkpoint import CHECKPOINT_DIR, Checkpoint, fingerprint
 from regl.client_data import client_files
+from regl.federated.params import TrainParams
 from regl.federated.run import load_clients, make_federation, model_factory, train
 from regl.images import decode_png
 from regl.modelio import save_model
@@ -36,7 +37,7 @@ def main(
 ) -> None:
     with stage("federated_train") as log:
         exp = load_experiment(params)
-        p = load_section("train", params)
+        p = load_section(params, "train", TrainParams)
         device = resolve_device(p.device)
         files = client_files(exp.clients, clients_dir, synthetic_dir, p.synthetic, "train.synthetic")
         test = read_shard(test_file)

@@ -10,8 +10,9 @@ import numpy as np
 import typer
 
 from regl.atomic import atomic_dir
+from regl.naming import client_name
 from regl.params import load_experiment, load_section
-from regl.partition import client_name, local_test_view, split_clients, summary
+from regl.partition import PartitionParams, local_test_view, split_clients, summary
 from regl.plots import count_heatmap, save_figure
 from regl.seeding import rng
 from regl.shards import read_shard, write_shard
@@ -31,7 +32,7 @@ def main(
 ) -> None:
     with stage("partition") as log:
         exp = load_experiment(params)
-        p = load_section("partition", params)
+        p = load_section(params, "partition", PartitionParams)
         train, test = read_shard(prepared / "train.parquet"), read_shard(prepared / "test.parquet")
         names = train.class_names
         result = split_clients(train.labels, len(names), len(exp.clients), exp.beta, p.scheme, p.min_size,

@@ -14,9 +14,9 @@ from regl.atomic import atomic_dir
 from regl.client_data import client_files, load_client
 from regl.evaluation import rounded
 from regl.modelio import load_model, save_model
+from regl.naming import client_name
 from regl.params import load_experiment, load_section
-from regl.partition import client_name
-from regl.personalize import personalize
+from regl.personalize import PersonalizeParams, personalize
 from regl.shards import read_shard
 from regl.stage import stage, write_json
 from regl.tensors import shard_tensors
@@ -38,7 +38,7 @@ def main(
 ) -> None:
     with stage("personalize") as log:
         exp = load_experiment(params)
-        p = load_section("personalize", params)
+        p = load_section(params, "personalize", PersonalizeParams)
         device = resolve_device(p.device, "personalize.device")
         client_files(exp.clients, clients_dir, synthetic_dir, p.synthetic, "personalize.synthetic")
         client_files(exp.clients, local_test_dir, synthetic_dir, False, "")

@@ -6,7 +6,7 @@ import typer
 
 from regl.atomic import atomic_dir
 from regl.params import load_section
-from regl.prepare import prepare
+from regl.prepare import PrepareParams, prepare
 from regl.shards import write_shard
 from regl.sources import load_source
 from regl.stage import stage
@@ -20,7 +20,7 @@ def main(
     out: Path = typer.Option(Path("data/prepared"), help="output folder"),
 ) -> None:
     with stage("prepare") as log:
-        p = load_section("prepare", params)
+        p = load_section(params, "prepare", PrepareParams)
         data = load_source(p.source, p.fashion_mnist_dir)
         result = prepare(data, p)
         with atomic_dir(out) as tmp:

@@ -9,10 +9,10 @@ from regl.client_data import ClientData
 from regl.federated.algorithm import ClientResult
 from regl.federated.algorithms import FedOpt
 from regl.federated.engine import Federation, select_clients
+from regl.federated.params import TrainParams
 from regl.federated.registry import build_algorithm
 from regl.federated.run import train
 from regl.models import build_model
-from regl.params import TrainParams
 from regl.seeding import derive_seed
 from regl.training import SGDConfig
 

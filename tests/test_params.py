@@ -3,7 +3,9 @@
 import pytest
 
 from regl.errors import ReglError
-from regl.params import ExperimentParams, PartitionParams, PrepareParams, load_experiment, load_section, parse
+from regl.params import ExperimentParams, load_experiment, load_section, parse
+from regl.partition import PartitionParams
+from regl.prepare import PrepareParams
 
 
 def error_of(model, raw, prefix=""):
@@ -40,8 +42,8 @@ def test_defaults_and_loading(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("beta: 0.5\nclients: [3, 4]\npartition:\n  seed: 2\n")
     assert load_experiment(path).clients == [3, 4]
-    assert load_section("partition", path).seed == 2
-    assert load_section("prepare", path).image_size == 32
+    assert load_section(path, "partition", PartitionParams).seed == 2
+    assert load_section(path, "prepare", PrepareParams).image_size == 32
 
 
 def test_missing_params_file(tmp_path):

@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 
 from regl.errors import ReglError
-from regl.params import PrepareParams
-from regl.prepare import prepare
+from regl.prepare import PrepareParams, prepare
 from regl.shards import Shard, read_shard, write_shard
 from regl.sources import FASHION_MNIST_CLASSES, load_source
 

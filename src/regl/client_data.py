@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from regl.errors import ReglError
-from regl.partition import client_name
+from regl.naming import client_name
 from regl.shards import read_shard
 from regl.tensors import shard_tensors
 

@@ -1,4 +1,5 @@
-"""Typed params: one loader for params.yaml, one model per section, validated at stage start.
+"""Typed params: one loader for params.yaml, validated at stage start; each section's model lives with the
+code that reads it.
 
 A bad value stops the stage before any work with one line naming the key and the valid range, e.g.
 ``params.yaml: beta = -1: must be > 0``.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import annotated_types
 import yaml
@@ -53,94 +54,8 @@ class ExperimentParams(BaseModel):
         return ids
 
 
-class PrepareParams(Section):
-    source: str = "fashion-mnist"
-    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
-    image_size: int = Field(32, ge=8, le=1024)
-    channels: Literal["auto", 1, 3] = "auto"
-    max_train: int | None = Field(None, ge=1)
-    max_test: int | None = Field(None, ge=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    public_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(0, ge=0)
-
-
-class PartitionParams(Section):
-    scheme: Literal["dirichlet", "iid", "pathological"] = "dirichlet"
-    seed: int = Field(0, ge=0)
-    min_size: int = Field(10, ge=0)
-    max_tries: int = Field(1000, ge=1)
-    classes_per_client: int = Field(2, ge=1)
-    local_test_size: int = Field(200, ge=0)
-
-
-class FedProxParams(Section):
-    mu: float = Field(0.01, ge=0)
-
-
-class ScaffoldParams(Section):
-    server_lr: float = Field(1.0, gt=0)
-
-
-class FedAvgMParams(Section):
-    server_lr: float = Field(1.0, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-
-
-class FedOptParams(Section):
-    server_lr: float = Field(0.01, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.99, ge=0, lt=1)
-    tau: float = Field(1e-3, gt=0)
-
-
-class MoonParams(Section):
-    mu: float = Field(5.0, ge=0)
-    temperature: float = Field(0.5, gt=0)
-
-
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "moon")
-
-
-class TrainParams(Section):
-    algorithm: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
-    synthetic: bool = False
-    model: Literal["cnn", "resnet18"] = "cnn"
-    rounds: int = Field(20, ge=1)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    client_fraction: float = Field(1.0, gt=0, le=1)
-    seed: int = Field(0, ge=0)
-    device: Device = "auto"
-    fedprox: FedProxParams = FedProxParams()
-    scaffold: ScaffoldParams = ScaffoldParams()
-    fedavgm: FedAvgMParams = FedAvgMParams()
-    fedopt: FedOptParams = FedOptParams()
-    moon: MoonParams = MoonParams()
-
-
-class PersonalizeParams(Section):
-    epochs: int = Field(5, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    synthetic: bool = False
-    seed: int = Field(0, ge=0)
-    device: Device = "auto"
-
-
-SECTIONS: dict[str, type[Section]] = {
-    "prepare": PrepareParams,
-    "partition": PartitionParams,
-    "train": TrainParams,
-    "personalize": PersonalizeParams,
-}
-
 T = TypeVar("T", bound=BaseModel)
+S = TypeVar("S", bound="Section")
 
 
 def read_yaml(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -215,8 +130,11 @@ def load_experiment(path: str | Path = DEFAULT_PARAMS) -> ExperimentParams:
     return parse(ExperimentParams, read_yaml(path), "", path)
 
 
-def load_section(name: str, path: str | Path = DEFAULT_PARAMS) -> Section:
-    """The validated section ``name`` of params.yaml (missing keys take their defaults)."""
+def load_section(path: str | Path, name: str, model: type[S]) -> S:
+    """The validated section ``name`` of params.yaml as ``model`` (missing keys take their defaults).
+
+    Each section's model lives beside the code that reads it (PrepareParams in prepare.py, ...), so a stage
+    depends on its own params model and this loader, not on every other stage's."""
     path = Path(path)
     raw = read_yaml(path).get(name) or {}
-    return parse(SECTIONS[name], raw, name, path)
+    return parse(model, raw, name, path)

@@ -6,11 +6,23 @@ All functions take labels and return one sorted index array per client; they nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from regl.errors import ReglError
+from regl.params import Section
 from regl.sampling import apportion
+
+
+class PartitionParams(Section):
+    scheme: Literal["dirichlet", "iid", "pathological"] = "dirichlet"
+    seed: int = Field(0, ge=0)
+    min_size: int = Field(10, ge=0)
+    max_tries: int = Field(1000, ge=1)
+    classes_per_client: int = Field(2, ge=1)
+    local_test_size: int = Field(200, ge=0)
 
 
 @dataclass(frozen=True)
@@ -128,10 +140,6 @@ def split_clients(labels: np.ndarray, num_classes: int, num_clients: int, beta: 
     if scheme == "pathological":
         return pathological(labels, num_clients, classes_per_client, min_size, rng, num_classes)
     raise ReglError(f"params.yaml: partition.scheme = {scheme!r}: must be dirichlet, iid or pathological")
-
-
-def client_name(client: int) -> str:
-    return f"client_{client}"  # unpadded: DVC foreach templates build the same name from ${item}
 
 
 def summary(client_ids: list[int], counts: np.ndarray, test_sizes: list[int], class_names: list[str],

@@ -9,12 +9,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from regl.client_data import ClientData
 from regl.evaluation import confusion_matrix, per_class_accuracy
-from regl.params import PersonalizeParams
+from regl.params import Device, Section
 from regl.training import SGDConfig, predict, train_epochs
+
+
+class PersonalizeParams(Section):
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    synthetic: bool = False
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
 
 
 @dataclass

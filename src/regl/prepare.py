@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
 from regl.images import conform, encode_png, resize
-from regl.params import PrepareParams
+from regl.params import Section
 from regl.sampling import stratified_counts, stratified_pick, stratified_split
 from regl.seeding import rng
 from regl.shards import Shard
 from regl.sources import SourceData, Split
 
 log = logging.getLogger(__name__)
+
+
+class PrepareParams(Section):
+    source: str = "fashion-mnist"
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal["auto", 1, 3] = "auto"
+    max_train: int | None = Field(None, ge=1)
+    max_test: int | None = Field(None, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    public_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
 
 
 @dataclass

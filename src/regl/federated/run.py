@@ -16,9 +16,9 @@ from regl.checkpoint import Checkpoint
 from regl.client_data import ClientData, load_client
 from regl.errors import ReglError
 from regl.federated.engine import Federation
+from regl.federated.params import TrainParams
 from regl.federated.registry import build_algorithm
 from regl.models import build_model
-from regl.params import TrainParams
 from regl.seeding import derive_seed
 from regl.training import SGDConfig, evaluate
 
