@@ -35,14 +35,18 @@ from regl.shards import Shard, read_shard
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CONV = ATTENTION + ("conv1", "conv2")
+# Self-attention and convs only: the cross-attention projections (which read the prompt) stay as trained.
+SELF_CONV = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "conv1", "conv2")
 
+# Variations of the finetune.* defaults in params.yaml (150 steps, batch 32, lr 1e-3, r 8, 10 % empty captions).
 RECIPES = {
     "attention (diffusers recipe)": {"target_modules": ATTENTION},
+    "attention, no empty captions": {"target_modules": ATTENTION, "empty_caption_share": 0.0},
     "attention + conv": {"target_modules": CONV},
-    "attention + conv, style token": {"target_modules": CONV, "caption": "a photo of {class}, sks style"},
-    "attention + conv, prior 10/class": {"target_modules": CONV, "prior_images_per_class": 10},
-    "attention + conv, 150 steps": {"target_modules": CONV, "steps": 150},
-    "attention + conv, lr 3e-4": {"target_modules": CONV, "lr": 3e-4},
+    "self-attention + conv": {"target_modules": SELF_CONV},
+    "attention, style token": {"target_modules": ATTENTION, "caption": "a photo of {class}, sks style"},
+    "attention, prior 10/class": {"target_modules": ATTENTION, "prior_images_per_class": 10},
+    "attention, 300 steps": {"target_modules": ATTENTION, "steps": 300},
 }
 
 
@@ -59,14 +63,14 @@ def throughput(pipe, cfg: SampleConfig, names: list[str], n: int) -> float:
 
 
 def run_recipe(overrides: dict, base: FinetuneConfig, sample: SampleConfig, scale: float, clients: list[int],
-               per_class_n: int, model) -> dict:
+               per_class_n: int, model, generator: Path) -> dict:
     cfg = replace(base, **overrides)
     rows, times = {}, []
     for c in clients:
         real = read_shard(Path("data/clients") / f"{client_name(c)}.parquet")
         names, pixels = real.class_names, real.pixels()
         size, ch = pixels.shape[1], pixels.shape[3]
-        pipe = load_pipeline("models/generator")
+        pipe = load_pipeline(generator)
         prompts, latents, labels = per_class(pipe, sample.prompt, names, [per_class_n] * len(names), 0, "bench", c)
         own = np.isin(labels, np.flatnonzero(real.class_counts() > 0))
         vanilla = to_data(generate(pipe, [p for p, o in zip(prompts, own) if o], latents[own], sample), size, ch)
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["all"], help="names from RECIPES, or all")
     parser.add_argument("--throughput-images", type=int, default=500)
     parser.add_argument("--pretrain", action="store_true", help="also time a full tiny-sd pre-training")
+    parser.add_argument("--generator", type=Path, default=Path("models/generator"), help="base generator folder")
     parser.add_argument("--out", type=Path, default=Path("bench/results/generator.json"))
     args = parser.parse_args()
 
@@ -117,7 +122,7 @@ def main() -> None:
         results["pretrain_s"] = round(time.perf_counter() - start, 1)
         print(f"pretrain: {results['pretrain_s']} s")
 
-    pipe = load_pipeline("models/generator")
+    pipe = load_pipeline(args.generator)
     results["generation_images_per_s"] = round(throughput(pipe, sample, config["class_names"], args.throughput_images), 1)
     print(f"generation: {results['generation_images_per_s']} images/s "
           f"({g.scheduler}, {g.steps} steps, guidance {g.guidance_scale}, batch {g.batch_size})")
@@ -127,7 +132,8 @@ def main() -> None:
     header = f"{'recipe':<36}{'ft s':>6}{'class.':>8}{'own':>7}{'own van':>8}{'FD van':>9}{'FD ad':>9}{'closer':>8}"
     print(header)
     for name in names:
-        r = run_recipe(RECIPES[name], base, sample, g.lora_scale, args.clients, args.images_per_class, model)
+        r = run_recipe(RECIPES[name], base, sample, g.lora_scale, args.clients, args.images_per_class, model,
+                       args.generator)
         results["recipes"][name] = r
         print(f"{name:<36}{r['finetune_s_per_client']:>6}{r['classifiability']:>8}{r['own_classes']:>7}"
               f"{r['own_classes_vanilla']:>8}{r['frechet_vanilla_mean']:>9}{r['frechet_adapted_mean']:>9}"

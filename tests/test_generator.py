@@ -150,8 +150,11 @@ def test_prompt_change_reruns_generate_only(generator_repo):
     original = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
     for key, value in (("generate.prompt", "a picture of {class}"), ("generate.lora_scale", 0.5)):
         set_params(repo, **{key: value})
-        changed = set(json.loads(dvc("status", "--json", "generator_quality", cwd=repo).stdout))
-        assert changed == {"generate@0", "generate@1", "generator_quality"}, key
+        changed = set(json.loads(dvc("status", "--json", "--with-deps", "generator_quality", cwd=repo).stdout))
+        assert changed == {"generate@0", "generate@1"}, key
+        dry = dvc("repro", "--dry", "generator_quality", cwd=repo).stdout
+        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        assert ran == {"generate@0", "generate@1", "generator_quality"}, key
         set_params(repo, **{key: original[key.split(".")[1]]})
     assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
 
@@ -171,9 +174,11 @@ def test_same_params_same_bytes(generator_repo):
     ("generate", {"generate": {"lora_scale": 2.5}}, "generate.lora_scale = 2.5: must be >= 0 and <= 2"),
     ("generate", {"generate": {"images_per_class": 0}}, "generate.images_per_class = 0: must be >= 1"),
     ("finetune_lora", {"finetune": {"caption": "a photo"}}, "finetune.caption = 'a photo': must contain {class}"),
-    ("pretrain_generator", {"generator": {"base": "/no/such/folder"}}, "generator.base = '/no/such/folder': folder not found"),
+    ("pretrain_generator", {"generator": {"base": "/no/such/folder"}},
+     "generator.base = '/no/such/folder': folder not found"),
 ])
-def test_bad_input_one_clear_error_nothing_written(generator_repo, tmp_path, stage_name, changes, message):
+def test_bad_input_one_clear_error_nothing_written(generator_repo, tmp_path, monkeypatch, stage_name, changes,
+                                                   message):
     params = yaml.safe_load((generator_repo / "params.yaml").read_text())
     for section, values in changes.items():
         params[section] = {**params[section], **values}
@@ -183,8 +188,9 @@ def test_bad_input_one_clear_error_nothing_written(generator_repo, tmp_path, sta
     args = {"generate": ["--client", "0", "--out", str(out), "--vanilla-out", str(out), "--grids", str(out)],
             "finetune_lora": ["--client", "0", "--out", str(out)],
             "pretrain_generator": ["--out", str(out)]}[stage_name]
-    proc = __import__("conftest").stage(stage_name, generator_repo, "--params", str(bad), *args, check=False)
-    assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
+    monkeypatch.chdir(generator_repo)
+    result = CliRunner().invoke(load_stage(stage_name), ["--params", str(bad), *args])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
     assert not out.exists()

@@ -81,7 +81,7 @@ class GeneratorParams(Section):
     revision: str | None = None
     public_style: Literal["none", "lowcontrast", "blur", "invert"] = "lowcontrast"
     vae_steps: int = Field(200, ge=1)
-    unet_steps: int = Field(1000, ge=1)
+    unet_steps: int = Field(2500, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0, le=1)
     ema_decay: float = Field(0.995, ge=0, lt=1)
@@ -96,9 +96,10 @@ class FinetuneParams(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
-    steps: int = Field(300, ge=1)
+    steps: int = Field(150, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
+    empty_caption_share: float = Field(0.1, ge=0, lt=1)
     prior_images_per_class: int = Field(0, ge=0)
     prior_guidance_scale: float = Field(5.0, ge=0)
     seed: int = Field(0, ge=0)
@@ -114,7 +115,7 @@ class GenerateParams(Section):
     guidance_scale: float = Field(5.0, ge=0)
     scheduler: Literal["dpm", "ddim", "euler", "pndm"] = "dpm"
     steps: int = Field(20, ge=1)
-    images_per_class: int = Field(50, ge=1)
+    images_per_class: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     seed: int = Field(0, ge=0)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import StableDiffusionPipeline
+from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
@@ -37,9 +37,10 @@ class FinetuneConfig:
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     rank: int = 8
     alpha: float = 8.0
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 32
     lr: float = 1e-3
+    empty_caption_share: float = 0.1
     prior_images_per_class: int = 0
     prior_guidance_scale: float = 5.0
     seed: int = 0
@@ -97,9 +98,14 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
             prior_y = torch.from_numpy(prior_labels)
     mean, std = _moments(pipe, images)
     prior_mean, prior_std = _moments(pipe, prior_x) if prior_x is not None else (None, None)
-    cond = encode(pipe, [cfg.caption.format(**{"class": c}) for c in class_names], dev).float()
+    # one row per class, and a last row for the empty caption: trained on too, so that the unconditional
+    # branch of classifier-free guidance moves with the adapter instead of being extrapolated away from it
+    cond = encode(pipe, [cfg.caption.format(**{"class": c}) for c in class_names] + [""], dev).float()
+    empty = len(class_names)
     sf = pipe.vae.config.scaling_factor
-    scheduler = pipe.scheduler
+    # The training noise schedule, whatever sampler the pipeline carries (a multistep sampler's add_noise
+    # only knows its inference timesteps)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     add_lora(pipe.unet, cfg, client)
     cast_training_params(pipe.unet, dtype=torch.float32)
@@ -115,8 +121,9 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
         z = (m[idx] + s[idx] * torch.randn(m[idx].shape, generator=gen).to(dev)) * sf
         noise = torch.randn(z.shape, generator=gen).to(dev)
         t = torch.randint(num_t, (cfg.batch_size,), generator=gen).to(dev)
+        rows = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share, empty, y[idx])
         with accelerator.autocast():
-            pred = unet(scheduler.add_noise(z, noise, t), t, cond[y[idx].to(dev)]).sample
+            pred = unet(scheduler.add_noise(z, noise, t), t, cond[rows.to(dev)]).sample
         return F.mse_loss(pred.float(), noise)
 
     losses = []

@@ -39,7 +39,7 @@ TEMPLATES = (
 class PretrainConfig:
     public_style: str = "lowcontrast"
     vae_steps: int = 200
-    unet_steps: int = 1000
+    unet_steps: int = 2500
     batch_size: int = 64
     lr: float = 1e-3
     ema_decay: float = 0.995
