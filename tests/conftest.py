@@ -70,12 +70,25 @@ def set_params(repo: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def pipeline(tmp_path, fake_fmnist) -> Path:
-    """A scratch git + DVC repository holding this pipeline, set to tiny data (1,000 Fashion-MNIST-shaped
-    training images at 16 px, two rounds of training, one epoch of personalization)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
+# Generator settings that make every generator stage take seconds (tiny-sd trained for a few steps only).
+TINY_GENERATOR = {
+    "generator.vae_steps": 2,
+    "generator.unet_steps": 2,
+    "generator.batch_size": 8,
+    "finetune.steps": 2,
+    "finetune.batch_size": 4,
+    "generate.images_per_class": 2,
+    "generate.steps": 2,
+    "generate.batch_size": 10,
+    "reference_classifier.epochs": 1,
+}
+
+
+def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
+    """A scratch git + DVC repository at ``repo`` holding this pipeline, set to tiny data (1,000
+    Fashion-MNIST-shaped training images), tiny generator settings, two rounds of training, one epoch
+    of personalization, and ``params``."""
+    repo.mkdir(parents=True)
     for name in PIPELINE_FILES:
         src = REPO / name
         if src.is_dir():
@@ -88,10 +101,11 @@ def pipeline(tmp_path, fake_fmnist) -> Path:
         "prepare.max_train": None,
         "prepare.max_test": None,
         "partition.local_test_size": 20,
-        "prepare.image_size": 16,
         "train.rounds": 2,
         "train.batch_size": 32,
         "personalize.epochs": 1,
+        **TINY_GENERATOR,
+        **params,
     })
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "test@example.com"], repo)
@@ -102,3 +116,19 @@ def pipeline(tmp_path, fake_fmnist) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "pipeline"], repo)
     return repo
+
+
+@pytest.fixture
+def pipeline(tmp_path, fake_fmnist) -> Path:
+    """A scratch git + DVC repository holding this pipeline, set to tiny data."""
+    return make_pipeline(tmp_path / "repo", fake_fmnist)
+
+
+def load_stage(name: str):
+    """The Typer app of ``stages/<name>.py``, to run a stage in-process (``CliRunner().invoke(app, args)``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.app

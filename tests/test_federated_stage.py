@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import dvc, set_params, stage
 
-TINY = {"train.rounds": 3}
+TINY = {"train.rounds": 3, "prepare.image_size": 16}
 
 
 @pytest.fixture

@@ -1,0 +1,148 @@
+"""Benchmark the generator on the embedded default, and compare LoRA recipes.
+
+Needs `dvc repro pretrain_generator reference_classifier partition` first (it reads models/generator,
+models/reference_classifier and data/clients). Reports, on this machine:
+
+- generation throughput (images/s, generate.* defaults: guidance, scheduler, steps, batch);
+- for each LoRA recipe below, on a few clients: fine-tune seconds per client, the adapted images'
+  classifiability (all classes, and the client's own), and the Fréchet distance of the client's real images
+  to vanilla (LoRA scale 0) vs adapted images, same seeds;
+- with --pretrain, the seconds to pre-train tiny-sd with the params in params.yaml (minutes).
+
+    python bench/generator_bench.py [--clients 0 1 3 5] [--images-per-class 20] [--recipes all] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from regl.generator.base import load_pipeline
+from regl.generator.lora import FinetuneConfig, finetune
+from regl.generator.params import FinetuneParams, GenerateParams, GeneratorParams
+from regl.generator.quality import client_quality
+from regl.generator.sample import SampleConfig, generate, per_class
+from regl.generator.space import to_data
+from regl.images import encode_many
+from regl.naming import client_name
+from regl.params import DEFAULT_PARAMS, load_section
+from regl.reference import load_reference
+from regl.shards import Shard, read_shard
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+CONV = ATTENTION + ("conv1", "conv2")
+# Self-attention and convs only: the cross-attention projections (which read the prompt) stay as trained.
+SELF_CONV = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "conv1", "conv2")
+
+# Variations of the finetune.* defaults in params.yaml (150 steps, batch 32, lr 1e-3, r 8, 10 % empty captions).
+RECIPES = {
+    "attention (diffusers recipe)": {"target_modules": ATTENTION},
+    "attention, no empty captions": {"target_modules": ATTENTION, "empty_caption_share": 0.0},
+    "attention + conv": {"target_modules": CONV},
+    "self-attention + conv": {"target_modules": SELF_CONV},
+    "attention, style token": {"target_modules": ATTENTION, "caption": "a photo of {class}, sks style"},
+    "attention, prior 10/class": {"target_modules": ATTENTION, "prior_images_per_class": 10},
+    "attention, 300 steps": {"target_modules": ATTENTION, "steps": 300},
+}
+
+
+def as_shard(pixels: np.ndarray, labels: np.ndarray, names: list[str]) -> Shard:
+    return Shard(encode_many(pixels), labels, names)
+
+
+def throughput(pipe, cfg: SampleConfig, names: list[str], n: int) -> float:
+    prompts, latents, _ = per_class(pipe, cfg.prompt, names, [n // len(names)] * len(names), 0, "bench")
+    generate(pipe, prompts[: cfg.batch_size], latents[: cfg.batch_size], cfg)  # warm-up
+    start = time.perf_counter()
+    generate(pipe, prompts, latents, cfg)
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def run_recipe(overrides: dict, base: FinetuneConfig, sample: SampleConfig, scale: float, clients: list[int],
+               per_class_n: int, model, generator: Path) -> dict:
+    cfg = replace(base, **overrides)
+    rows, times = {}, []
+    for c in clients:
+        real = read_shard(Path("data/clients") / f"{client_name(c)}.parquet")
+        names, pixels = real.class_names, real.pixels()
+        size, ch = pixels.shape[1], pixels.shape[3]
+        pipe = load_pipeline(generator)
+        prompts, latents, labels = per_class(pipe, sample.prompt, names, [per_class_n] * len(names), 0, "bench", c)
+        own = np.isin(labels, np.flatnonzero(real.class_counts() > 0))
+        vanilla = to_data(generate(pipe, [p for p, o in zip(prompts, own) if o], latents[own], sample), size, ch)
+        start = time.perf_counter()
+        finetune(pipe, pixels, real.labels, names, cfg, c)
+        times.append(time.perf_counter() - start)
+        adapted = to_data(generate(pipe, prompts, latents, sample, scale), size, ch)
+        q = client_quality(model, real, as_shard(adapted, labels, names), as_shard(vanilla, labels[own], names))
+        rows[client_name(c)] = {k: q[k] for k in ("classifiability", "classifiability_own_classes",
+                                                  "classifiability_own_classes_vanilla", "frechet_vanilla",
+                                                  "frechet_adapted")}
+    return {"finetune_s_per_client": round(float(np.mean(times)), 1),
+            "classifiability": round(float(np.mean([r["classifiability"] for r in rows.values()])), 3),
+            "own_classes": round(float(np.mean([r["classifiability_own_classes"] for r in rows.values()])), 3),
+            "own_classes_vanilla": round(float(np.mean([r["classifiability_own_classes_vanilla"]
+                                                       for r in rows.values()])), 3),
+            "adapted_closer": sum(r["frechet_adapted"] < r["frechet_vanilla"] for r in rows.values()),
+            "frechet_vanilla_mean": round(float(np.mean([r["frechet_vanilla"] for r in rows.values()])), 1),
+            "frechet_adapted_mean": round(float(np.mean([r["frechet_adapted"] for r in rows.values()])), 1),
+            "per_client": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[0, 1, 3, 5])
+    parser.add_argument("--images-per-class", type=int, default=20)
+    parser.add_argument("--recipes", nargs="+", default=["all"], help="names from RECIPES, or all")
+    parser.add_argument("--throughput-images", type=int, default=500)
+    parser.add_argument("--pretrain", action="store_true", help="also time a full tiny-sd pre-training")
+    parser.add_argument("--generator", type=Path, default=Path("models/generator"), help="base generator folder")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/generator.json"))
+    args = parser.parse_args()
+
+    g, f = load_section(DEFAULT_PARAMS, "generate", GenerateParams), load_section(DEFAULT_PARAMS, "finetune", FinetuneParams)
+    sample = SampleConfig(prompt=g.prompt, guidance_scale=g.guidance_scale, scheduler=g.scheduler, steps=g.steps,
+                          batch_size=g.batch_size)
+    base = FinetuneConfig(**{**f.model_dump(), "target_modules": tuple(f.target_modules)})
+    model, config = load_reference("models/reference_classifier")
+    results: dict = {}
+
+    if args.pretrain:
+        from regl.generator.pretrain import PretrainConfig, pretrain_tiny
+        from regl.tensors import shard_tensors
+
+        gp = load_section(DEFAULT_PARAMS, "generator", GeneratorParams)
+        pool = read_shard("data/prepared/public.parquet")
+        start = time.perf_counter()
+        pretrain_tiny(*shard_tensors(pool), pool.class_names, PretrainConfig(**gp.model_dump(exclude={"base", "revision"})))
+        results["pretrain_s"] = round(time.perf_counter() - start, 1)
+        print(f"pretrain: {results['pretrain_s']} s")
+
+    pipe = load_pipeline(args.generator)
+    results["generation_images_per_s"] = round(throughput(pipe, sample, config["class_names"], args.throughput_images), 1)
+    print(f"generation: {results['generation_images_per_s']} images/s "
+          f"({g.scheduler}, {g.steps} steps, guidance {g.guidance_scale}, batch {g.batch_size})")
+
+    names = list(RECIPES) if args.recipes == ["all"] else args.recipes
+    results["recipes"] = {}
+    header = f"{'recipe':<36}{'ft s':>6}{'class.':>8}{'own':>7}{'own van':>8}{'FD van':>9}{'FD ad':>9}{'closer':>8}"
+    print(header)
+    for name in names:
+        r = run_recipe(RECIPES[name], base, sample, g.lora_scale, args.clients, args.images_per_class, model,
+                       args.generator)
+        results["recipes"][name] = r
+        print(f"{name:<36}{r['finetune_s_per_client']:>6}{r['classifiability']:>8}{r['own_classes']:>7}"
+              f"{r['own_classes_vanilla']:>8}{r['frechet_vanilla_mean']:>9}{r['frechet_adapted_mean']:>9}"
+              f"{r['adapted_closer']:>5}/{len(args.clients)}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**results, "clients": args.clients,
+                                        "images_per_class": args.images_per_class}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

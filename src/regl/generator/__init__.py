@@ -1,0 +1,1 @@
+"""The generator: tiny-sd (or a real Stable Diffusion checkpoint), per-client LoRA, synthetic shards."""

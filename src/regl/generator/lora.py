@@ -1,0 +1,159 @@
+"""Per-client LoRA on the U-Net: diffusers' text-to-image LoRA recipe, sized by params.
+
+Freeze VAE, text encoder and U-Net; ``unet.add_adapter(LoraConfig(...))``; noise-prediction MSE on the client's
+own images captioned with ``caption``; optionally prior preservation (images the base model generated of the
+classes the client lacks, trained on alongside). Saved with ``save_lora_weights``, loaded with
+``load_lora_weights``. On CUDA it trains with fp16 mixed precision through accelerate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.training_utils import cast_training_params
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from tqdm import tqdm
+
+from regl.errors import ReglError
+from regl.generator.sample import SampleConfig, generate, per_class
+from regl.generator.space import to_model
+from regl.generator.text import encode
+from regl.seeding import derive_seed
+
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    caption: str = "a photo of {class}"
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    rank: int = 8
+    alpha: float = 8.0
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    empty_caption_share: float = 0.1
+    prior_images_per_class: int = 0
+    prior_guidance_scale: float = 5.0
+    seed: int = 0
+
+
+@torch.no_grad()
+def _moments(pipe, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    dev, dtype = pipe.vae.device, pipe.vae.dtype
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        post = pipe.vae.encode(images[i : i + batch_size].to(dev, dtype)).latent_dist
+        means.append(post.mean.float())
+        stds.append(post.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneConfig, client: int) -> tuple[np.ndarray, np.ndarray]:
+    """Base-model images of the classes this client does not hold (prior preservation), before any adapter."""
+    held = np.bincount(labels, minlength=len(class_names)) > 0
+    counts = [0 if h else cfg.prior_images_per_class for h in held]
+    prompts, latents, prior_labels = per_class(pipe, cfg.caption, class_names, counts, cfg.seed, "prior", client)
+    if not prompts:
+        return np.zeros((0,), np.float32), prior_labels
+    images = generate(pipe, prompts, latents, SampleConfig(guidance_scale=cfg.prior_guidance_scale), desc="prior")
+    return images, prior_labels
+
+
+def add_lora(unet, cfg: FinetuneConfig, client: int) -> None:
+    """The adapter, its Gaussian init drawn from a generator keyed by (seed, client), not global state."""
+    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                        target_modules=list(cfg.target_modules))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "lora_init", client))
+        try:
+            unet.add_adapter(config)
+        except ValueError as exc:
+            raise ReglError(f"params.yaml: finetune.target_modules = {list(cfg.target_modules)}: "
+                            f"{str(exc).splitlines()[0]}") from None
+
+
+def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
+             cfg: FinetuneConfig, client: int) -> dict[str, float]:
+    """Add a LoRA adapter to ``pipe.unet`` and train it on this client's images; returns a few training figures."""
+    dev = pipe.unet.device
+    accelerator = Accelerator(mixed_precision="fp16" if dev.type == "cuda" else "no", cpu=dev.type != "cuda")
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+        part.requires_grad_(False)
+
+    images, targets = to_model(pixels, pipe), torch.tensor(np.asarray(labels, np.int64))
+    prior_x = prior_y = None
+    if cfg.prior_images_per_class > 0:
+        gen_images, prior_labels = prior_images(pipe, labels, class_names, cfg, client)
+        if len(prior_labels):
+            prior_x = torch.from_numpy(gen_images).permute(0, 3, 1, 2) * 2 - 1
+            prior_y = torch.from_numpy(prior_labels)
+    mean, std = _moments(pipe, images)
+    prior_mean, prior_std = _moments(pipe, prior_x) if prior_x is not None else (None, None)
+    # one row per class, and a last row for the empty caption: trained on too, so that the unconditional
+    # branch of classifier-free guidance moves with the adapter instead of being extrapolated away from it
+    cond = encode(pipe, [cfg.caption.format(**{"class": c}) for c in class_names] + [""], dev).float()
+    empty = len(class_names)
+    sf = pipe.vae.config.scaling_factor
+    # The training noise schedule, whatever sampler the pipeline carries (a multistep sampler's add_noise
+    # only knows its inference timesteps)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    add_lora(pipe.unet, cfg, client)
+    cast_training_params(pipe.unet, dtype=torch.float32)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    unet, opt = accelerator.prepare(pipe.unet, opt)
+    unet.train()
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "finetune", client))
+    num_t = scheduler.config.num_train_timesteps
+
+    def batch_loss(m: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        idx = torch.randint(len(y), (cfg.batch_size,), generator=gen)
+        z = (m[idx] + s[idx] * torch.randn(m[idx].shape, generator=gen).to(dev)) * sf
+        noise = torch.randn(z.shape, generator=gen).to(dev)
+        t = torch.randint(num_t, (cfg.batch_size,), generator=gen).to(dev)
+        rows = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share, empty, y[idx])
+        with accelerator.autocast():
+            pred = unet(scheduler.add_noise(z, noise, t), t, cond[rows.to(dev)]).sample
+        return F.mse_loss(pred.float(), noise)
+
+    losses = []
+    for _ in tqdm(range(cfg.steps), desc=f"lora client {client}", mininterval=5):
+        loss = batch_loss(mean, std, targets)
+        if prior_mean is not None:
+            loss = loss + batch_loss(prior_mean, prior_std, prior_y)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        losses.append(loss.item())
+    pipe.unet = accelerator.unwrap_model(unet)
+    pipe.unet.eval()
+    tail = losses[-max(1, len(losses) // 10):]
+    return {"steps": cfg.steps, "images": len(targets), "prior_images": 0 if prior_y is None else len(prior_y),
+            "final_loss": float(np.mean(tail)), "trainable_params": sum(p.numel() for p in params)}
+
+
+def save_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    """The U-Net adapter as diffusers LoRA safetensors (with its LoraConfig as metadata, so alpha survives)."""
+    unet = pipe.unet
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    metadata = unet.peft_config["default"].to_dict()
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True,
+                                              weight_name=WEIGHT_NAME, unet_lora_adapter_metadata=metadata)
+
+
+def load_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
+    path = Path(folder) / WEIGHT_NAME
+    if not path.is_file():
+        raise ReglError(f"{path}: LoRA weights not found (run `dvc repro finetune_lora`)")
+    pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME)

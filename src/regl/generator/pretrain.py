@@ -1,0 +1,167 @@
+"""Pre-train tiny-sd on the public pool: first the VAE (on both styles), then U-Net + text encoder.
+
+The public pool is shown to the U-Net in ``public_style`` (a stand-in for the gap between Stable Diffusion's web
+images and a client's camera); the VAE sees the pool in its own and in the shifted style, so — like Stable
+Diffusion's VAE — it can represent both and the gap lives in the U-Net alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tqdm import tqdm
+
+from regl.generator import tinysd
+from regl.generator.styles import apply_style
+from regl.generator.text import caption_ids
+from regl.seeding import derive_seed
+
+log = logging.getLogger("regl.pretrain_generator")
+
+# Captions the pool is trained with; the generation prompt need not be one of them (the vocabulary covers
+# its words, and the class name is what the model must key on).
+TEMPLATES = (
+    "{class}",
+    "a photo of {class}",
+    "a photo of a {class}",
+    "an image of {class}, high resolution",
+    "a picture of {class}, real images",
+    "{class}, a real world photo",
+)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    public_style: str = "lowcontrast"
+    vae_steps: int = 200
+    unet_steps: int = 2500
+    batch_size: int = 64
+    lr: float = 1e-3
+    ema_decay: float = 0.995
+    empty_caption_share: float = 0.1
+    seed: int = 0
+
+
+def vocabulary_corpus(class_names: list[str]) -> list[str]:
+    """Text the tokenizer learns whole words from: every caption plus common prompt words."""
+    extra = ["A photo of {class}, real world images, high resolution", "in the style of", "style"]
+    return [t.format(**{"class": c}) for t in TEMPLATES + tuple(extra) for c in class_names]
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual warm-up (decay grows from 0.1 to ``decay``)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+        self.params, self.decay, self.steps = params, decay, 0
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for s, p in zip(self.shadow, self.params):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int) -> None:
+    """MSE reconstruction plus a small KL term, AdamW with a cosine schedule."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "pretrain", "vae"))
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = get_cosine_schedule_with_warmup(opt, min(50, steps // 10), steps)
+    vae.train()
+    bar = tqdm(range(steps), desc="vae", mininterval=5)
+    for _ in bar:
+        x = images[torch.randint(len(images), (batch_size,), generator=gen)]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        loss = F.mse_loss(vae.decode(z).sample, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_moments(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (the U-Net then samples latents from them each step)."""
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        post = vae.encode(images[i : i + batch_size]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch.Tensor, labels: torch.Tensor,
+                   class_names: list[str], cfg: PretrainConfig) -> None:
+    """U-Net and text encoder together, noise-prediction MSE, captions from TEMPLATES (some left empty)."""
+    unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "pretrain", "unet"))
+    table = caption_ids(pipe.tokenizer, [[t.format(**{"class": c}) for t in TEMPLATES] for c in class_names])
+    empty = caption_ids(pipe.tokenizer, [[""]])[0, 0]
+    sf = pipe.vae.config.scaling_factor
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    sched = get_cosine_schedule_with_warmup(opt, min(100, cfg.unet_steps // 10), cfg.unet_steps)
+    ema = EMA(params, cfg.ema_decay)
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(cfg.unet_steps), desc="unet", mininterval=5)
+    for _ in bar:
+        idx = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        template = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
+        ids = table[labels[idx], template]
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share
+        ids[drop] = empty
+        cond = text_encoder(ids)[0]
+        pred = unet(scheduler.add_noise(z, noise, t), t, cond).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    ema.copy_to_params()
+    unet.eval()
+    text_encoder.eval()
+
+
+def pretrain_tiny(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+                  cfg: PretrainConfig) -> StableDiffusionPipeline:
+    """Build tiny-sd for ``images`` (N, C, H, W in [-1, 1]) and train it on them; returns the pipeline."""
+    _, channels, size, _ = images.shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "pretrain", "init"))
+        tokenizer = tinysd.build_tokenizer(vocabulary_corpus(class_names))
+        pipe = tinysd.assemble(tinysd.build_vae(channels, size), tinysd.build_text_encoder(tokenizer), tokenizer,
+                               tinysd.build_unet(size // 4))
+    log.info("tiny-sd: VAE %.2f M, U-Net %.2f M, text encoder %.2f M parameters, %d tokens",
+             tinysd.num_params(pipe.vae) / 1e6, tinysd.num_params(pipe.unet) / 1e6,
+             tinysd.num_params(pipe.text_encoder) / 1e6, len(tokenizer))
+    shifted = apply_style(images, cfg.public_style)
+    both = torch.cat([images, shifted]) if cfg.public_style != "none" else images
+    train_vae(pipe.vae, both, cfg.vae_steps, cfg.batch_size // 2, cfg.lr, cfg.seed)
+    mean, std = encode_moments(pipe.vae, shifted)
+    # Stable Diffusion's scaling factor is 1 / std of its latents; ours is measured the same way.
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "pretrain", "scale"))
+    spread = (mean + std * torch.randn(mean.shape, generator=gen)).std().item()
+    pipe.vae.register_to_config(scaling_factor=round(1.0 / spread, 5))
+    train_denoiser(pipe, mean, std, labels, class_names, cfg)
+    return pipe

@@ -1,0 +1,108 @@
+"""tiny-sd: a miniature Stable Diffusion built from configs alone (nothing is downloaded).
+
+The four components have Stable Diffusion's classes and structure — ``AutoencoderKL`` (image side / 4 latents),
+``UNet2DConditionModel`` with cross-attention, ``CLIPTextModel`` and a ``CLIPTokenizer`` — only narrower, so
+every diffusers/peft call the pipeline makes on them is the call it makes on a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
+MAX_TOKENS = 32  # the text encoder's context; the default prompt takes 17
+
+
+def build_tokenizer(corpus: Iterable[str]) -> CLIPTokenizer:
+    """A CLIP tokenizer whose BPE vocabulary is learned from ``corpus`` (the captions and prompts it will see).
+
+    Every byte keeps a token, so an unseen word still tokenizes (into pieces); the words of the corpus become
+    whole tokens. Trained with the same normalizer and pre-tokenizer as CLIP's, so the result is a regular
+    ``CLIPTokenizer`` (vocab.json + merges.txt when saved).
+    """
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix="", unk_token=SPECIAL_TOKENS[1]))
+    bpe.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+                                   r"""[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000, min_frequency=1, show_progress=False, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=alphabet, end_of_word_suffix="</w>", continuing_subword_prefix="")
+    bpe.train_from_iterator(sorted(set(corpus)), trainer=trainer)
+    learned = bpe.get_vocab()
+    # Every byte also as a word end, so any word can be spelled.
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for tok in sorted(alphabet) + sorted(a + "</w>" for a in alphabet):
+        vocab.setdefault(tok, len(vocab))
+    for tok, _ in sorted(learned.items(), key=lambda kv: kv[1]):
+        vocab.setdefault(tok, len(vocab))
+    merges = _merges(bpe)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+
+
+def write_vocabulary_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
+    """vocab.json and merges.txt beside tokenizer.json: the two files CLIP's original tokenizer format uses."""
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+
+
+def _merges(bpe: Tokenizer) -> list[tuple[str, str]]:
+    model = json.loads(bpe.to_str())["model"]
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+
+
+def build_vae(channels: int, image_size: int, widths: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:
+    """An AutoencoderKL whose latents are 4 channels at image_size / 2**(len(widths)-1)."""
+    return AutoencoderKL(
+        in_channels=channels, out_channels=channels, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * len(widths), up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=widths, layers_per_block=1, norm_num_groups=8, sample_size=image_size)
+
+
+def build_unet(latent_size: int, widths: tuple[int, ...] = (32, 64, 128), text_width: int = 64) -> UNet2DConditionModel:
+    """A UNet2DConditionModel like SD's: cross-attention in every block but the deepest."""
+    n = len(widths)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=widths, norm_num_groups=8, cross_attention_dim=text_width, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1))
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 64, layers: int = 2) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+        num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=width,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+
+
+def build_scheduler() -> DDPMScheduler:
+    """Stable Diffusion's training noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps, epsilon)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False)
+
+
+def assemble(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+             unet: UNet2DConditionModel) -> StableDiffusionPipeline:
+    """The components as a StableDiffusionPipeline (no safety checker: there is nothing for it to check)."""
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

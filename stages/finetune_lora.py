@@ -1,0 +1,49 @@
+"""Stage `finetune_lora@<id>`: fine-tune a LoRA adapter on the base generator's U-Net with one client's images.
+
+Writes models/lora/client_<id>/ (pytorch_lora_weights.safetensors, loadable with `load_lora_weights`, and
+training.json with a few training figures).
+"""
+
+import json
+from pathlib import Path
+
+import typer
+
+from regl.atomic import atomic_dir
+from regl.generator.base import load_pipeline
+from regl.generator.lora import FinetuneConfig, finetune, save_lora
+from regl.generator.params import FinetuneParams
+from regl.naming import client_name
+from regl.params import load_section
+from regl.shards import read_shard
+from regl.stage import stage
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    client: int = typer.Option(..., help="client id"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    generator: Path = typer.Option(Path("models/generator"), help="the base generator (pretrain_generator)"),
+    clients: Path = typer.Option(Path("data/clients"), help="client training shards"),
+    out: Path = typer.Option(Path("models/lora"), help="one adapter folder per client goes here"),
+) -> None:
+    with stage("finetune_lora") as log:
+        p = load_section(params, "finetune", FinetuneParams)
+        shard = read_shard(clients / f"{client_name(client)}.parquet")
+        pipe = load_pipeline(generator)
+        cfg = FinetuneConfig(**{**p.model_dump(), "target_modules": tuple(p.target_modules)})
+        log.info("client %d: %d images of %d class(es), LoRA r=%d on %s, %d steps on %s", client, len(shard),
+                 int((shard.class_counts() > 0).sum()), p.rank, ",".join(p.target_modules), p.steps,
+                 pipe.unet.device)
+        info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, cfg, client)
+        log.info("client %d: final loss %.4f, %d trainable parameters", client, info["final_loss"],
+                 info["trainable_params"])
+        with atomic_dir(out / client_name(client)) as tmp:
+            save_lora(pipe, tmp)
+            (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,54 @@
+"""Stage `pretrain_generator`: train tiny-sd on the public pool, or record which checkpoint to use instead.
+
+Writes models/generator/: with generator.base = tiny, a diffusers StableDiffusionPipeline folder
+(`StableDiffusionPipeline.from_pretrained("models/generator")` loads it) plus manifest.json; otherwise only
+manifest.json naming the checkpoint, which the later stages load.
+"""
+
+import json
+from pathlib import Path
+
+import typer
+
+from regl.atomic import atomic_dir
+from regl.generator.base import MANIFEST, checkpoint_manifest
+from regl.generator.params import GeneratorParams
+from regl.generator.pretrain import PretrainConfig, pretrain_tiny
+from regl.generator.tinysd import write_vocabulary_files
+from regl.params import load_section
+from regl.shards import read_shard
+from regl.stage import stage
+from regl.tensors import shard_tensors
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    public: Path = typer.Option(Path("data/prepared/public.parquet"), help="the public pool"),
+    out: Path = typer.Option(Path("models/generator"), help="the base generator folder"),
+) -> None:
+    with stage("pretrain_generator") as log:
+        g = load_section(params, "generator", GeneratorParams)
+        if g.base != "tiny":
+            manifest = checkpoint_manifest(g.base, g.revision)
+            with atomic_dir(out) as tmp:
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            log.info("using checkpoint %s (no pre-training)", manifest["base"])
+            return
+        pool = read_shard(public)
+        images, labels = shard_tensors(pool)
+        log.info("training tiny-sd on %d public images (%s), shown to the U-Net as %s", len(pool),
+                 "x".join(map(str, images.shape[1:])), g.public_style)
+        cfg = PretrainConfig(**g.model_dump(exclude={"base", "revision"}))
+        pipe = pretrain_tiny(images, labels, pool.class_names, cfg)
+        with atomic_dir(out) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            write_vocabulary_files(pipe.tokenizer, tmp / "tokenizer")
+            manifest = {"kind": "tiny", "class_names": pool.class_names, "public_style": g.public_style}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,44 @@
+"""Stage `reference_classifier`: a classifier trained once on the clients' real training pool
+(data/prepared/train.parquet), the judge of synthetic images; evaluation reuses it.
+
+Writes models/reference_classifier/ (model.pt, config.json) and metrics/reference_classifier.json.
+"""
+
+from pathlib import Path
+
+import typer
+
+from regl.atomic import atomic_dir
+from regl.params import load_section
+from regl.reference import ReferenceClassifierParams, save_reference, train_reference
+from regl.shards import read_shard
+from regl.stage import stage, write_json
+from regl.tensors import shard_tensors
+from regl.training import SGDConfig, evaluate
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    params: Path = typer.Option(Path("params.yaml"), help="params file"),
+    prepared: Path = typer.Option(Path("data/prepared"), help="folder with train.parquet and test.parquet"),
+    out: Path = typer.Option(Path("models/reference_classifier")),
+    metrics: Path = typer.Option(Path("metrics/reference_classifier.json")),
+) -> None:
+    with stage("reference_classifier") as log:
+        p = load_section(params, "reference_classifier", ReferenceClassifierParams)
+        train, test = read_shard(prepared / "train.parquet"), read_shard(prepared / "test.parquet")
+        cfg = SGDConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum,
+                        weight_decay=p.weight_decay)
+        model, config = train_reference(train, p.model, cfg, p.seed)
+        result = evaluate(model, *shard_tensors(test))
+        log.info("%s on %d real training images: test accuracy %.3f", p.model, len(train), result["accuracy"])
+        with atomic_dir(out) as tmp:
+            save_reference(model, config, tmp)
+        write_json(metrics, {"test_accuracy": round(result["accuracy"], 4), "test_loss": round(result["loss"], 4),
+                             "train_images": len(train), "test_images": len(test)})
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,195 @@
+"""The generator: LoRA save/load, a Stable-Diffusion-structured checkpoint as base, determinism, bad input,
+and what DVC reruns. Tiny settings throughout (a few optimizer and sampling steps): behaviour, not quality."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import TINY_GENERATOR, dvc, load_stage, make_pipeline, set_params
+from typer.testing import CliRunner
+
+from regl.generator import tinysd
+from regl.generator.base import MANIFEST, load_pipeline
+from regl.generator.lora import FinetuneConfig, finetune, load_lora, save_lora
+from regl.generator.sample import SampleConfig, generate, per_class
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FAST_LORA = FinetuneConfig(steps=3, batch_size=4, lr=1e-2)
+FAST_SAMPLE = SampleConfig(steps=3, batch_size=8)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def rgb_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised Stable-Diffusion-structured pipeline, RGB at 16 px (not the data's 32 px grey),
+    saved as a plain diffusers folder: what a real checkpoint looks like to the pipeline."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("checkpoint") / "sd-random"
+    torch.manual_seed(0)
+    tok = tinysd.build_tokenizer([f"a photo of {c}" for c in CLASSES])
+    pipe = tinysd.assemble(tinysd.build_vae(3, 16, widths=(8, 16, 16)), tinysd.build_text_encoder(tok, width=32),
+                           tok, tinysd.build_unet(4, widths=(16, 32), text_width=32))
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def as_base(checkpoint: Path, tmp_path: Path) -> Path:
+    """The folder pretrain_generator writes for ``generator.base = <checkpoint>``: a manifest only."""
+    out = tmp_path / "generator"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"kind": "checkpoint", "base": str(checkpoint), "revision": None}))
+    return out
+
+
+def client_images(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    gen = np.random.default_rng(0)
+    pixels = gen.integers(0, 256, size=(n, 32, 32, 1), dtype=np.uint8)
+    return pixels, np.array([0, 3] * (n // 2))
+
+
+def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):
+    base = as_base(rgb_checkpoint, tmp_path)
+    pipe = load_pipeline(base)
+    prompts, latents, _ = per_class(pipe, "a photo of {class}", CLASSES, [1] * 10, 0, "test")
+    vanilla = generate(pipe, prompts, latents, FAST_SAMPLE)
+
+    pixels, labels = client_images()
+    finetune(pipe, pixels, labels, CLASSES, FAST_LORA, client=7)
+    trained = generate(pipe, prompts, latents, FAST_SAMPLE, lora_scale=0.8)
+    save_lora(pipe, tmp_path / "lora")
+
+    fresh = load_pipeline(base)
+    load_lora(fresh, tmp_path / "lora")
+    assert np.array_equal(generate(fresh, prompts, latents, FAST_SAMPLE, lora_scale=0.8), trained)
+    assert np.array_equal(generate(fresh, prompts, latents, FAST_SAMPLE, lora_scale=0.0), vanilla)
+    assert not np.array_equal(trained, vanilla)  # the adapter does something
+    assert vanilla.shape == (10, 16, 16, 3)  # the checkpoint's own side and channels
+
+
+def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_path):
+    """pretrain_generator writes a manifest; finetune_lora and generate run on the checkpoint it names and
+    bring images back at the data's size and channels."""
+    from regl.images import encode_many
+    from regl.shards import Shard, read_shard, write_shard
+
+    pixels, labels = client_images()
+    write_shard(tmp_path / "clients/client_0.parquet", Shard(encode_many(pixels), labels, CLASSES))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"generator": {"base": str(rgb_checkpoint)},
+                                      "finetune": {"steps": 2, "batch_size": 4},
+                                      "generate": {"images_per_class": 2, "steps": 2, "batch_size": 20}}))
+    runner = CliRunner()
+    common = ["--params", str(params)]
+    gen_dir = tmp_path / "generator"
+    result = runner.invoke(load_stage("pretrain_generator"), common + ["--out", str(gen_dir)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in gen_dir.iterdir()) == [MANIFEST]
+    assert json.loads((gen_dir / MANIFEST).read_text())["base"] == str(rgb_checkpoint)
+
+    result = runner.invoke(load_stage("finetune_lora"), common + [
+        "--client", "0", "--generator", str(gen_dir), "--clients", str(tmp_path / "clients"),
+        "--out", str(tmp_path / "lora")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lora/client_0/pytorch_lora_weights.safetensors").is_file()
+
+    result = runner.invoke(load_stage("generate"), common + [
+        "--client", "0", "--generator", str(gen_dir), "--clients", str(tmp_path / "clients"),
+        "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "synthetic"),
+        "--vanilla-out", str(tmp_path / "vanilla"), "--grids", str(tmp_path / "grids")])
+    assert result.exit_code == 0, result.output
+    synthetic = read_shard(tmp_path / "synthetic/client_0.parquet")
+    assert np.bincount(synthetic.labels).tolist() == [2] * 10
+    assert synthetic.pixels().shape == (20, 32, 32, 1)
+    assert set(synthetic.columns["source"]) == {"synthetic"} and set(synthetic.columns["client"]) == {0}
+    assert synthetic.columns["prompt"][0] == "A photo of T-shirt/top, real world images, high resolution"
+    vanilla = read_shard(tmp_path / "vanilla/client_0.parquet")
+    assert np.bincount(vanilla.labels).tolist() == [2, 1, 1, 2, 1, 1, 1, 1, 1, 1]  # own classes in full
+    assert (tmp_path / "grids/client_0.png").stat().st_size > 0
+
+
+# --- the pipeline through DVC: one scratch repository, run once, shared by the tests below ---------------
+
+GENERATED = ["data/synthetic/client_0.parquet", "data/synthetic/client_1.parquet",
+             "data/vanilla/client_0.parquet", "models/lora/client_0/pytorch_lora_weights.safetensors",
+             "plots/generator/client_0.png", "metrics/generator.json"]
+
+
+@pytest.fixture(scope="module")
+def generator_repo(tmp_path_factory, fake_fmnist) -> Path:
+    repo = make_pipeline(tmp_path_factory.mktemp("gen") / "repo", fake_fmnist, clients=[0, 1], **TINY_GENERATOR)
+    dvc("repro", "generator_quality", cwd=repo)
+    return repo
+
+
+def test_repro_writes_everything_and_quality_metrics(generator_repo):
+    repo = generator_repo
+    for path in GENERATED:
+        assert (repo / path).is_file(), path
+    metrics = json.loads((repo / "metrics/generator.json").read_text())
+    assert metrics["clients"] == 2 and set(metrics["per_client"]) == {"client_0", "client_1"}
+    assert 0 <= metrics["classifiability"] <= 1 and 0 <= metrics["clients_adapted_closer"] <= 2
+    assert {"frechet_vanilla", "frechet_adapted"} <= set(metrics["per_client"]["client_0"])
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.from_pretrained(repo / "models/generator")  # loads like any checkpoint
+
+
+def test_prompt_change_reruns_generate_only(generator_repo):
+    repo = generator_repo
+    assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
+    original = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
+    for key, value in (("generate.prompt", "a picture of {class}"), ("generate.lora_scale", 0.5)):
+        set_params(repo, **{key: value})
+        changed = set(json.loads(dvc("status", "--json", "--with-deps", "generator_quality", cwd=repo).stdout))
+        assert changed == {"generate@0", "generate@1"}, key
+        dry = dvc("repro", "--dry", "generator_quality", cwd=repo).stdout
+        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        assert ran == {"generate@0", "generate@1", "generator_quality"}, key
+        set_params(repo, **{key: original[key.split(".")[1]]})
+    assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
+
+
+def test_same_params_same_bytes(generator_repo):
+    repo = generator_repo
+    before = {p: sha(repo / p) for p in GENERATED}
+    dvc("repro", "-f", "-s", "finetune_lora@0", cwd=repo)
+    dvc("repro", "-f", "-s", "generate@0", cwd=repo)
+    dvc("repro", "-f", "-s", "generate@1", cwd=repo)
+    dvc("repro", "-f", "-s", "generator_quality", cwd=repo)
+    assert {p: sha(repo / p) for p in GENERATED} == before
+
+
+@pytest.mark.parametrize("stage_name, changes, message", [
+    ("generate", {"generate": {"prompt": "a photo"}}, "generate.prompt = 'a photo': must contain {class}"),
+    ("generate", {"generate": {"lora_scale": 2.5}}, "generate.lora_scale = 2.5: must be >= 0 and <= 2"),
+    ("generate", {"generate": {"images_per_class": 0}}, "generate.images_per_class = 0: must be >= 1"),
+    ("finetune_lora", {"finetune": {"caption": "a photo"}}, "finetune.caption = 'a photo': must contain {class}"),
+    ("pretrain_generator", {"generator": {"base": "/no/such/folder"}},
+     "generator.base = '/no/such/folder': folder not found"),
+])
+def test_bad_input_one_clear_error_nothing_written(generator_repo, tmp_path, monkeypatch, stage_name, changes,
+                                                   message):
+    params = yaml.safe_load((generator_repo / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section] = {**params[section], **values}
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    args = {"generate": ["--client", "0", "--out", str(out), "--vanilla-out", str(out), "--grids", str(out)],
+            "finetune_lora": ["--client", "0", "--out", str(out)],
+            "pretrain_generator": ["--out", str(out)]}[stage_name]
+    monkeypatch.chdir(generator_repo)
+    result = CliRunner().invoke(load_stage(stage_name), ["--params", str(bad), *args])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert not out.exists()
