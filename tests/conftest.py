@@ -86,7 +86,7 @@ TINY_GENERATOR = {
 
 def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
     """A scratch git + DVC repository at ``repo`` holding this pipeline, set to tiny data (1,000
-    Fashion-MNIST-shaped training images), tiny generator settings, two rounds of training, one epoch
+    Fashion-MNIST-shaped training images over three clients), tiny generator settings, two rounds of training, one epoch
     of personalization, and ``params``."""
     repo.mkdir(parents=True)
     for name in PIPELINE_FILES:
@@ -101,6 +101,7 @@ def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
         "prepare.max_train": None,
         "prepare.max_test": None,
         "partition.local_test_size": 20,
+        "clients": [0, 1, 2],
         "train.rounds": 2,
         "train.batch_size": 32,
         "personalize.epochs": 1,
@@ -122,6 +123,15 @@ def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
 def pipeline(tmp_path, fake_fmnist) -> Path:
     """A scratch git + DVC repository holding this pipeline, set to tiny data."""
     return make_pipeline(tmp_path / "repo", fake_fmnist)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory, fake_fmnist) -> Path:
+    """One scratch pipeline run end to end with `dvc repro` (tiny settings), shared by the tests that only read
+    its outputs or its DVC status. A test that changes its params must put them back."""
+    repo = make_pipeline(tmp_path_factory.mktemp("reproduced") / "repo", fake_fmnist)
+    dvc("repro", cwd=repo)
+    return repo
 
 
 def load_stage(name: str):

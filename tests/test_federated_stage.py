@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import dvc, set_params, stage
 
-TINY = {"train.rounds": 3, "prepare.image_size": 16}
+# real images only: these tests run the stages directly, without the generator
+TINY = {"train.rounds": 3, "prepare.image_size": 16, "train.synthetic": False}
 
 
 @pytest.fixture
@@ -84,13 +85,26 @@ def test_sigkill_then_rerun_ends_bit_identical(trained_inputs):
     assert (repo / "metrics/train_curve.csv").read_bytes() == curve
 
 
-def test_algorithm_change_reruns_only_training(trained_inputs):
-    repo = trained_inputs
-    dvc("repro", cwd=repo)
+def test_algorithm_change_reruns_only_training(reproduced):
+    repo = reproduced
+    original = (repo / "params.yaml").read_text()
+    try:
+        check_reruns(repo)
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def check_reruns(repo):
     assert "up to date" in dvc("repro", cwd=repo).stdout
     set_params(repo, **{"train.algorithm": "fedprox"})
     assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"federated_train"}
     set_params(repo, **{"train.algorithm": "fedavg", "train.local_epochs": 2})
     assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"federated_train"}
     set_params(repo, beta=0.5)
-    assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"partition", "federated_train"}
+    changed = set(json.loads(dvc("status", "--json", cwd=repo).stdout))
+    assert {"partition", "federated_train"} <= changed
+    assert not changed & {"prepare", "pretrain_generator", "reference_classifier"}
+    set_params(repo, beta=0.01, **{"train.local_epochs": 1, "generate.prompt": "a picture of {class}"})
+    changed = set(json.loads(dvc("status", "--json", cwd=repo).stdout))
+    assert {"generate@0", "generate@1", "generate@2"} <= changed
+    assert not {s for s in changed if s.startswith(("finetune_lora", "pretrain", "partition", "prepare"))}

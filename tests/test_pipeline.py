@@ -27,8 +27,8 @@ def test_repro_then_up_to_date_then_beta_reruns_partition_only(pipeline):
     # partition as target: the generator stages downstream have tests of their own (test_generator.py)
     out = dvc("repro", "partition", cwd=pipeline).stdout
     assert "Running stage 'prepare'" in out and "Running stage 'partition'" in out
-    assert len(list((pipeline / "data/clients").glob("client_*.parquet"))) == 10
-    assert len(list((pipeline / "data/local_test").glob("client_*.parquet"))) == 10
+    assert len(list((pipeline / "data/clients").glob("client_*.parquet"))) == 3
+    assert len(list((pipeline / "data/local_test").glob("client_*.parquet"))) == 3
     assert "Data and pipelines are up to date" in dvc("repro", "partition", cwd=pipeline).stdout
 
     set_params(pipeline, beta=0.5)
@@ -52,7 +52,7 @@ def test_same_params_same_bytes(pipeline):
 def test_partition_metrics_and_coverage(pipeline):
     run_stages(pipeline)
     metrics = json.loads((pipeline / "metrics/partition.json").read_text())
-    assert metrics["num_clients"] == 10 and metrics["size_min"] >= 10
+    assert metrics["num_clients"] == 3 and metrics["size_min"] >= 10
     assert sum(c["size"] for c in metrics["clients"].values()) == 900  # 1000 train images less 10 % public
     assert set(metrics["clients"]["0"]["class_counts"]) == {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
@@ -91,16 +91,16 @@ def test_bad_partition_params_leave_earlier_outputs_untouched(pipeline, changes,
 
 
 def test_failure_under_dvc_leaves_nothing_half_written_and_checkout_restores(pipeline):
-    dvc("repro", cwd=pipeline)
+    dvc("repro", "partition", cwd=pipeline)
     run(["git", "add", "-A"], pipeline)
     run(["git", "commit", "-qm", "results"], pipeline)  # metrics and plots are git-tracked (cache: false)
     before = digest(pipeline)
     set_params(pipeline, beta=-1)
-    proc = dvc("repro", cwd=pipeline, check=False)
+    proc = dvc("repro", "partition", cwd=pipeline, check=False)
     assert proc.returncode != 0 and "beta = -1: must be > 0" in proc.stdout + proc.stderr
     assert not list((pipeline / "data").rglob("client_*.parquet"))  # DVC removed them; we wrote none
     run(["git", "checkout", "--", "."], pipeline)
-    dvc("checkout", cwd=pipeline)
+    dvc("checkout", "partition", cwd=pipeline)
     assert digest(pipeline) == before
 
 
