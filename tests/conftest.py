@@ -85,7 +85,8 @@ TINY_GENERATOR = {
 
 
 def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
-    """A scratch git + DVC repository at ``repo`` holding this pipeline, set to tiny data and ``params``."""
+    """A scratch git + DVC repository at ``repo`` holding this pipeline, set to tiny data, tiny generator
+    settings (so a whole `dvc repro` takes seconds, not the embedded default's minutes) and ``params``."""
     repo.mkdir(parents=True)
     for name in PIPELINE_FILES:
         src = REPO / name
@@ -99,6 +100,7 @@ def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
         "prepare.max_train": None,
         "prepare.max_test": None,
         "partition.local_test_size": 20,
+        **TINY_GENERATOR,
         **params,
     })
     run(["git", "init", "-q"], repo)

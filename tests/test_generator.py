@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import TINY_GENERATOR, dvc, load_stage, make_pipeline, set_params
+from conftest import dvc, load_stage, make_pipeline, set_params
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, load_pipeline
@@ -126,7 +126,7 @@ GENERATED = ["data/synthetic/client_0.parquet", "data/synthetic/client_1.parquet
 
 @pytest.fixture(scope="module")
 def generator_repo(tmp_path_factory, fake_fmnist) -> Path:
-    repo = make_pipeline(tmp_path_factory.mktemp("gen") / "repo", fake_fmnist, clients=[0, 1], **TINY_GENERATOR)
+    repo = make_pipeline(tmp_path_factory.mktemp("gen") / "repo", fake_fmnist, clients=[0, 1])
     dvc("repro", "generator_quality", cwd=repo)
     return repo
 
@@ -144,18 +144,20 @@ def test_repro_writes_everything_and_quality_metrics(generator_repo):
     StableDiffusionPipeline.from_pretrained(repo / "models/generator")  # loads like any checkpoint
 
 
-def test_prompt_change_reruns_generate_only(generator_repo):
+def test_prompt_change_reruns_generate_only(generator_repo, request):
     repo = generator_repo
     assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
     original = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
+    request.addfinalizer(lambda: set_params(repo, **{f"generate.{k}": v for k, v in original.items()}))
     for key, value in (("generate.prompt", "a picture of {class}"), ("generate.lora_scale", 0.5)):
         set_params(repo, **{key: value})
         changed = set(json.loads(dvc("status", "--json", "--with-deps", "generator_quality", cwd=repo).stdout))
         assert changed == {"generate@0", "generate@1"}, key
-        dry = dvc("repro", "--dry", "generator_quality", cwd=repo).stdout
-        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        out = dvc("repro", "generator_quality", cwd=repo).stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
         assert ran == {"generate@0", "generate@1", "generator_quality"}, key
         set_params(repo, **{key: original[key.split(".")[1]]})
+        dvc("repro", "generator_quality", cwd=repo)  # back to the original outputs (DVC's run cache)
     assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
 
 

@@ -92,12 +92,12 @@ def test_bad_partition_params_leave_earlier_outputs_untouched(pipeline, changes,
 
 
 def test_failure_under_dvc_leaves_nothing_half_written_and_checkout_restores(pipeline):
-    dvc("repro", cwd=pipeline)
+    dvc("repro", "partition", cwd=pipeline)
     run(["git", "add", "-A"], pipeline)
     run(["git", "commit", "-qm", "results"], pipeline)  # metrics and plots are git-tracked (cache: false)
     before = digest(pipeline)
     set_params(pipeline, beta=-1)
-    proc = dvc("repro", cwd=pipeline, check=False)
+    proc = dvc("repro", "partition", cwd=pipeline, check=False)
     assert proc.returncode != 0 and "beta = -1: must be > 0" in proc.stdout + proc.stderr
     assert not list((pipeline / "data").rglob("client_*.parquet"))  # DVC removed them; we wrote none
     run(["git", "checkout", "--", "."], pipeline)

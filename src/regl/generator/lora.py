@@ -34,7 +34,7 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 @dataclass(frozen=True)
 class FinetuneConfig:
     caption: str = "a photo of {class}"
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
     rank: int = 8
     alpha: float = 8.0
     steps: int = 150
