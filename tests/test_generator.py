@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_GENERATOR, dvc, load_stage, make_pipeline, set_params
 from typer.testing import CliRunner
+
+from conftest import dvc, load_stage, make_pipeline, set_params
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, load_pipeline
@@ -78,8 +79,8 @@ def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):
 def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_path):
     """pretrain_generator writes a manifest; finetune_lora and generate run on the checkpoint it names and
     bring images back at the data's size and channels."""
-    from regl.images import encode_many
     from regl.shards import Shard, read_shard, write_shard
+    from regl.images import encode_many
 
     pixels, labels = client_images()
     write_shard(tmp_path / "clients/client_0.parquet", Shard(encode_many(pixels), labels, CLASSES))
@@ -125,7 +126,7 @@ GENERATED = ["data/synthetic/client_0.parquet", "data/synthetic/client_1.parquet
 
 @pytest.fixture(scope="module")
 def generator_repo(tmp_path_factory, fake_fmnist) -> Path:
-    repo = make_pipeline(tmp_path_factory.mktemp("gen") / "repo", fake_fmnist, clients=[0, 1], **TINY_GENERATOR)
+    repo = make_pipeline(tmp_path_factory.mktemp("gen") / "repo", fake_fmnist, clients=[0, 1])
     dvc("repro", "generator_quality", cwd=repo)
     return repo
 
@@ -143,18 +144,20 @@ def test_repro_writes_everything_and_quality_metrics(generator_repo):
     StableDiffusionPipeline.from_pretrained(repo / "models/generator")  # loads like any checkpoint
 
 
-def test_prompt_change_reruns_generate_only(generator_repo):
+def test_prompt_change_reruns_generate_only(generator_repo, request):
     repo = generator_repo
     assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
     original = yaml.safe_load((repo / "params.yaml").read_text())["generate"]
+    request.addfinalizer(lambda: set_params(repo, **{f"generate.{k}": v for k, v in original.items()}))
     for key, value in (("generate.prompt", "a picture of {class}"), ("generate.lora_scale", 0.5)):
         set_params(repo, **{key: value})
         changed = set(json.loads(dvc("status", "--json", "--with-deps", "generator_quality", cwd=repo).stdout))
         assert changed == {"generate@0", "generate@1"}, key
-        dry = dvc("repro", "--dry", "generator_quality", cwd=repo).stdout
-        ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+        out = dvc("repro", "generator_quality", cwd=repo).stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
         assert ran == {"generate@0", "generate@1", "generator_quality"}, key
         set_params(repo, **{key: original[key.split(".")[1]]})
+        dvc("repro", "generator_quality", cwd=repo)  # back to the original outputs (DVC's run cache)
     assert "Data and pipelines are up to date" in dvc("repro", "generator_quality", cwd=repo).stdout
 
 

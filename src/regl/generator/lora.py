@@ -34,7 +34,7 @@ WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 @dataclass(frozen=True)
 class FinetuneConfig:
     caption: str = "a photo of {class}"
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
     rank: int = 8
     alpha: float = 8.0
     steps: int = 150
@@ -148,6 +148,7 @@ def save_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
     metadata = unet.peft_config["default"].to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: its order changes per process
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True,
                                               weight_name=WEIGHT_NAME, unet_lora_adapter_metadata=metadata)
 

@@ -39,7 +39,8 @@ class FinetuneParams(Section):
     """Stage finetune_lora: one LoRA per client on its real images."""
 
     caption: str = "a photo of {class}"
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+                                      min_length=1)
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
     steps: int = Field(150, ge=1)
