@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import dvc, load_stage, make_pipeline, set_params
+from typer.testing import CliRunner
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, load_pipeline
@@ -79,8 +78,8 @@ def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):
 def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_path):
     """pretrain_generator writes a manifest; finetune_lora and generate run on the checkpoint it names and
     bring images back at the data's size and channels."""
-    from regl.shards import Shard, read_shard, write_shard
     from regl.images import encode_many
+    from regl.shards import Shard, read_shard, write_shard
 
     pixels, labels = client_images()
     write_shard(tmp_path / "clients/client_0.parquet", Shard(encode_many(pixels), labels, CLASSES))

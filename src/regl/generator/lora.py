@@ -8,6 +8,7 @@ classes the client lacks, trained on alongside). Saved with ``save_lora_weights`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def _moments(pipe, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.T
     return torch.cat(means), torch.cat(stds)
 
 
-def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneConfig, client: int) -> tuple[np.ndarray, np.ndarray]:
+def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneConfig,
+                 client: int) -> tuple[np.ndarray, np.ndarray]:
     """Base-model images of the classes this client does not hold (prior preservation), before any adapter."""
     held = np.bincount(labels, minlength=len(class_names)) > 0
     counts = [0 if h else cfg.prior_images_per_class for h in held]
@@ -151,6 +153,21 @@ def save_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
     metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: its order changes per process
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, safe_serialization=True,
                                               weight_name=WEIGHT_NAME, unet_lora_adapter_metadata=metadata)
+    _sort_safetensors_metadata(Path(folder) / WEIGHT_NAME)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """safetensors keeps metadata in a hash map, so a file with several metadata keys ("format" and
+    "lora_adapter_metadata" here) lists them in a different order in each process. Rewrite the header with the
+    keys sorted; the header keeps its length (same keys and values), so the tensor data offsets stay valid."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(sorted((header.get("__metadata__") or {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > size:  # never expected: same content, other order
+        raise RuntimeError(f"{path}: cannot rewrite the safetensors header in place")
+    path.write_bytes(raw[:8] + text.ljust(size, b" ") + raw[8 + size :])
 
 
 def load_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
