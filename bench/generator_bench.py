@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from regl.generator.base import load_pipeline
-from regl.generator.lora import FinetuneConfig, finetune
+from regl.generator.lora import finetune
 from regl.generator.params import FinetuneParams, GenerateParams, GeneratorParams
 from regl.generator.quality import client_quality
-from regl.generator.sample import SampleConfig, generate, per_class
+from regl.generator.sample import generate, per_class
 from regl.generator.space import to_data
 from regl.images import encode_many
 from regl.naming import client_name
@@ -55,7 +54,7 @@ def as_shard(pixels: np.ndarray, labels: np.ndarray, names: list[str]) -> Shard:
     return Shard(encode_many(pixels), labels, names)
 
 
-def throughput(pipe, cfg: SampleConfig, names: list[str], n: int) -> float:
+def throughput(pipe, cfg: GenerateParams, names: list[str], n: int) -> float:
     prompts, latents, _ = per_class(pipe, cfg.prompt, names, [n // len(names)] * len(names), 0, "bench")
     generate(pipe, prompts[: cfg.batch_size], latents[: cfg.batch_size], cfg)  # warm-up
     start = time.perf_counter()
@@ -63,9 +62,9 @@ def throughput(pipe, cfg: SampleConfig, names: list[str], n: int) -> float:
     return len(prompts) / (time.perf_counter() - start)
 
 
-def run_recipe(overrides: dict, base: FinetuneConfig, sample: SampleConfig, scale: float, clients: list[int],
+def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, scale: float, clients: list[int],
                per_class_n: int, model, generator: Path) -> dict:
-    cfg = replace(base, **overrides)
+    cfg = base.model_copy(update=overrides)
     rows, times = {}, []
     for c in clients:
         real = read_shard(Path("data/clients") / f"{client_name(c)}.parquet")
@@ -98,33 +97,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[0, 1, 3, 5])
     parser.add_argument("--images-per-class", type=int, default=20)
-    parser.add_argument("--recipes", nargs="+", default=["all"], help="names from RECIPES, or all")
+    parser.add_argument("--recipes", nargs="*", default=["all"], help="names from RECIPES, all, or none (budgets only)")
     parser.add_argument("--throughput-images", type=int, default=500)
     parser.add_argument("--pretrain", action="store_true", help="also time a full tiny-sd pre-training")
     parser.add_argument("--generator", type=Path, default=Path("models/generator"), help="base generator folder")
     parser.add_argument("--out", type=Path, default=Path("bench/results/generator.json"))
     args = parser.parse_args()
 
-    g, f = load_section(DEFAULT_PARAMS, "generate", GenerateParams), load_section(DEFAULT_PARAMS, "finetune", FinetuneParams)
-    sample = SampleConfig(prompt=g.prompt, guidance_scale=g.guidance_scale, scheduler=g.scheduler, steps=g.steps,
-                          batch_size=g.batch_size)
-    base = FinetuneConfig(**{**f.model_dump(), "target_modules": tuple(f.target_modules)})
+    sample = g = load_section(DEFAULT_PARAMS, "generate", GenerateParams)
+    base = load_section(DEFAULT_PARAMS, "finetune", FinetuneParams)
     model, config = load_reference("models/reference_classifier")
     results: dict = {}
 
     if args.pretrain:
-        from regl.generator.pretrain import PretrainConfig, pretrain_tiny
+        from regl.generator.pretrain import pretrain_tiny
         from regl.tensors import shard_tensors
 
         gp = load_section(DEFAULT_PARAMS, "generator", GeneratorParams)
         pool = read_shard("data/prepared/public.parquet")
         start = time.perf_counter()
-        pretrain_tiny(*shard_tensors(pool), pool.class_names, PretrainConfig(**gp.model_dump(exclude={"base", "revision"})))
+        pretrain_tiny(*shard_tensors(pool), pool.class_names, gp)
         results["pretrain_s"] = round(time.perf_counter() - start, 1)
         print(f"pretrain: {results['pretrain_s']} s")
 
     pipe = load_pipeline(args.generator)
-    results["generation_images_per_s"] = round(throughput(pipe, sample, config["class_names"], args.throughput_images), 1)
+    rate = throughput(pipe, sample, config["class_names"], args.throughput_images)
+    results["generation_images_per_s"] = round(rate, 1)
     print(f"generation: {results['generation_images_per_s']} images/s "
           f"({g.scheduler}, {g.steps} steps, guidance {g.guidance_scale}, batch {g.batch_size})")
 
@@ -139,9 +137,15 @@ def main() -> None:
         print(f"{name:<36}{r['finetune_s_per_client']:>6}{r['classifiability']:>8}{r['own_classes']:>7}"
               f"{r['own_classes_vanilla']:>8}{r['frechet_vanilla_mean']:>9}{r['frechet_adapted_mean']:>9}"
               f"{r['adapted_closer']:>5}/{len(args.clients)}", flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**results, "clients": args.clients,
-                                        "images_per_class": args.images_per_class}, indent=2) + "\n")
+        save(args, results)
+    save(args, results)
+
+
+def save(args: argparse.Namespace, results: dict) -> None:
+    """After every recipe (a long comparison keeps what it has) and at the end."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({**results, "clients": args.clients,
+                                    "images_per_class": args.images_per_class}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

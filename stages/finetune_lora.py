@@ -11,7 +11,7 @@ import typer
 
 from regl.atomic import atomic_dir
 from regl.generator.base import load_pipeline
-from regl.generator.lora import FinetuneConfig, finetune, save_lora
+from regl.generator.lora import finetune, save_lora
 from regl.generator.params import FinetuneParams
 from regl.naming import client_name
 from regl.params import load_section
@@ -33,11 +33,10 @@ def main(
         p = load_section(params, "finetune", FinetuneParams)
         shard = read_shard(clients / f"{client_name(client)}.parquet")
         pipe = load_pipeline(generator)
-        cfg = FinetuneConfig(**{**p.model_dump(), "target_modules": tuple(p.target_modules)})
         log.info("client %d: %d images of %d class(es), LoRA r=%d on %s, %d steps on %s", client, len(shard),
                  int((shard.class_counts() > 0).sum()), p.rank, ",".join(p.target_modules), p.steps,
                  pipe.unet.device)
-        info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, cfg, client)
+        info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, p, client)
         log.info("client %d: final loss %.4f, %d trainable parameters", client, info["final_loss"],
                  info["trainable_params"])
         with atomic_dir(out / client_name(client)) as tmp:

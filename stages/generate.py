@@ -15,7 +15,7 @@ from regl.generator.base import load_pipeline
 from regl.generator.grid import sample_grid
 from regl.generator.lora import load_lora
 from regl.generator.params import GenerateParams
-from regl.generator.sample import SampleConfig, generate, per_class
+from regl.generator.sample import generate, per_class
 from regl.generator.space import to_data
 from regl.images import encode_many
 from regl.naming import client_name
@@ -59,18 +59,16 @@ def main(
         pixels = real.pixels()
         size, channels = pixels.shape[1], pixels.shape[3]
         pipe = load_pipeline(generator)
-        cfg = SampleConfig(prompt=g.prompt, guidance_scale=g.guidance_scale, scheduler=g.scheduler, steps=g.steps,
-                           batch_size=g.batch_size)
         k = len(names)
         prompts, latents, labels = per_class(pipe, g.prompt, names, [g.images_per_class] * k, g.seed, "generate",
                                              client)
         # Vanilla images reuse the adapted images' noise (same seeds), so the two differ by the LoRA alone.
         first = {c: np.flatnonzero(labels == c) for c in range(k)}
         keep = np.concatenate([first[c] if held[c] else first[c][:1] for c in range(k)])
-        vanilla = to_data(generate(pipe, [prompts[i] for i in keep], latents[keep], cfg, desc="vanilla"),
+        vanilla = to_data(generate(pipe, [prompts[i] for i in keep], latents[keep], g, desc="vanilla"),
                           size, channels)
         load_lora(pipe, lora / name)
-        adapted = to_data(generate(pipe, prompts, latents, cfg, g.lora_scale, desc="adapted"), size, channels)
+        adapted = to_data(generate(pipe, prompts, latents, g, g.lora_scale, desc="adapted"), size, channels)
         log.info("client %d: %d adapted and %d vanilla images at %d px", client, len(adapted), len(vanilla), size)
 
         rows = []

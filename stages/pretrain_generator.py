@@ -13,7 +13,7 @@ import typer
 from regl.atomic import atomic_dir
 from regl.generator.base import MANIFEST, checkpoint_manifest
 from regl.generator.params import GeneratorParams
-from regl.generator.pretrain import PretrainConfig, pretrain_tiny
+from regl.generator.pretrain import pretrain_tiny
 from regl.generator.tinysd import write_vocabulary_files
 from regl.params import load_section
 from regl.shards import read_shard
@@ -41,8 +41,7 @@ def main(
         images, labels = shard_tensors(pool)
         log.info("training tiny-sd on %d public images (%s), shown to the U-Net as %s", len(pool),
                  "x".join(map(str, images.shape[1:])), g.public_style)
-        cfg = PretrainConfig(**g.model_dump(exclude={"base", "revision"}))
-        pipe = pretrain_tiny(images, labels, pool.class_names, cfg)
+        pipe = pretrain_tiny(images, labels, pool.class_names, g)
         with atomic_dir(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             write_vocabulary_files(pipe.tokenizer, tmp / "tokenizer")

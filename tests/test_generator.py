@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, load_pipeline
-from regl.generator.lora import FinetuneConfig, finetune, load_lora, save_lora
-from regl.generator.sample import SampleConfig, generate, per_class
+from regl.generator.lora import finetune, load_lora, save_lora
+from regl.generator.params import FinetuneParams, GenerateParams
+from regl.generator.sample import generate, per_class
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-FAST_LORA = FinetuneConfig(steps=3, batch_size=4, lr=1e-2)
-FAST_SAMPLE = SampleConfig(steps=3, batch_size=8)
+FAST_LORA = FinetuneParams(steps=3, batch_size=4, lr=1e-2)
+FAST_SAMPLE = GenerateParams(steps=3, batch_size=8)
 
 
 def sha(path: Path) -> str:

@@ -60,7 +60,8 @@ def load_pipeline(folder: str | Path, dev: torch.device | None = None) -> Stable
         pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, dtype=dtype,
                                                        safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as exc:
-        raise ReglError(f"{folder / MANIFEST}: cannot load the generator {source!r}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0]
+        raise ReglError(f"{folder / MANIFEST}: cannot load the generator {source!r}: {reason}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
 

@@ -9,7 +9,6 @@ classes the client lacks, trained on alongside). Saved with ``save_lora_weights`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ from peft.utils import get_peft_model_state_dict
 from tqdm import tqdm
 
 from regl.errors import ReglError
-from regl.generator.sample import SampleConfig, generate, per_class
+from regl.generator.params import FinetuneParams, GenerateParams
+from regl.generator.sample import generate, per_class
 from regl.generator.space import to_model
 from regl.generator.text import encode
 from regl.seeding import derive_seed
@@ -32,24 +32,12 @@ from regl.seeding import derive_seed
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
-    caption: str = "a photo of {class}"
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
-    rank: int = 8
-    alpha: float = 8.0
-    steps: int = 150
-    batch_size: int = 32
-    lr: float = 1e-3
-    empty_caption_share: float = 0.1
-    prior_images_per_class: int = 0
-    prior_guidance_scale: float = 5.0
-    seed: int = 0
-
-
 @torch.no_grad()
-def _moments(pipe, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(pipe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior of every image, encoded once (the VAE is frozen); about 4 M pixels per batch, so that
+    512 px images go 16 at a time and tiny-sd's 32 px ones 256 at a time."""
     dev, dtype = pipe.vae.device, pipe.vae.dtype
+    batch_size = max(1, min(256, 2**22 // (images.shape[-1] * images.shape[-2])))
     means, stds = [], []
     for i in range(0, len(images), batch_size):
         post = pipe.vae.encode(images[i : i + batch_size].to(dev, dtype)).latent_dist
@@ -58,7 +46,7 @@ def _moments(pipe, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.T
     return torch.cat(means), torch.cat(stds)
 
 
-def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneConfig,
+def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneParams,
                  client: int) -> tuple[np.ndarray, np.ndarray]:
     """Base-model images of the classes this client does not hold (prior preservation), before any adapter."""
     held = np.bincount(labels, minlength=len(class_names)) > 0
@@ -66,11 +54,11 @@ def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: Finetune
     prompts, latents, prior_labels = per_class(pipe, cfg.caption, class_names, counts, cfg.seed, "prior", client)
     if not prompts:
         return np.zeros((0,), np.float32), prior_labels
-    images = generate(pipe, prompts, latents, SampleConfig(guidance_scale=cfg.prior_guidance_scale), desc="prior")
+    images = generate(pipe, prompts, latents, GenerateParams(guidance_scale=cfg.prior_guidance_scale), desc="prior")
     return images, prior_labels
 
 
-def add_lora(unet, cfg: FinetuneConfig, client: int) -> None:
+def add_lora(unet, cfg: FinetuneParams, client: int) -> None:
     """The adapter, its Gaussian init drawn from a generator keyed by (seed, client), not global state."""
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                         target_modules=list(cfg.target_modules))
@@ -84,7 +72,7 @@ def add_lora(unet, cfg: FinetuneConfig, client: int) -> None:
 
 
 def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
-             cfg: FinetuneConfig, client: int) -> dict[str, float]:
+             cfg: FinetuneParams, client: int) -> dict[str, float]:
     """Add a LoRA adapter to ``pipe.unet`` and train it on this client's images; returns a few training figures."""
     dev = pipe.unet.device
     accelerator = Accelerator(mixed_precision="fp16" if dev.type == "cuda" else "no", cpu=dev.type != "cuda")

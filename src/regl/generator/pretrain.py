@@ -8,7 +8,6 @@ Diffusion's VAE — it can represent both and the gap lives in the U-Net alone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from tqdm import tqdm
 
 from regl.generator import tinysd
+from regl.generator.params import GeneratorParams
 from regl.generator.styles import apply_style
 from regl.generator.text import caption_ids
 from regl.seeding import derive_seed
@@ -33,18 +33,6 @@ TEMPLATES = (
     "a picture of {class}, real images",
     "{class}, a real world photo",
 )
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    public_style: str = "lowcontrast"
-    vae_steps: int = 200
-    unet_steps: int = 2500
-    batch_size: int = 64
-    lr: float = 1e-3
-    ema_decay: float = 0.995
-    empty_caption_share: float = 0.1
-    seed: int = 0
 
 
 def vocabulary_corpus(class_names: list[str]) -> list[str]:
@@ -105,7 +93,7 @@ def encode_moments(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[to
 
 
 def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch.Tensor, labels: torch.Tensor,
-                   class_names: list[str], cfg: PretrainConfig) -> None:
+                   class_names: list[str], cfg: GeneratorParams) -> None:
     """U-Net and text encoder together, noise-prediction MSE, captions from TEMPLATES (some left empty)."""
     unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "pretrain", "unet"))
@@ -144,7 +132,7 @@ def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch
 
 
 def pretrain_tiny(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                  cfg: PretrainConfig) -> StableDiffusionPipeline:
+                  cfg: GeneratorParams) -> StableDiffusionPipeline:
     """Build tiny-sd for ``images`` (N, C, H, W in [-1, 1]) and train it on them; returns the pipeline."""
     _, channels, size, _ = images.shape
     with torch.random.fork_rng(devices=[]):

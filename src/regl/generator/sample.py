@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 from tqdm import tqdm
 
+from regl.generator.params import GenerateParams
 from regl.seeding import derive_seed
 
 SCHEDULERS = {"dpm": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
               "pndm": PNDMScheduler}
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    prompt: str = "A photo of {class}, real world images, high resolution"
-    guidance_scale: float = 5.0
-    scheduler: str = "dpm"
-    steps: int = 20
-    batch_size: int = 64
 
 
 def set_scheduler(pipe, name: str) -> None:
@@ -37,7 +27,7 @@ def class_latents(pipe, n: int, seed: int, *keys: object) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], latents: torch.Tensor, cfg: SampleConfig, lora_scale: float | None = None,
+def generate(pipe, prompts: list[str], latents: torch.Tensor, cfg: GenerateParams, lora_scale: float | None = None,
              desc: str = "generate") -> np.ndarray:
     """One image per (prompt, latent) pair: (N, S, S, C) float in [0, 1], in batches of ``cfg.batch_size``."""
     set_scheduler(pipe, cfg.scheduler)
