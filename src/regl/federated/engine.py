@@ -29,41 +29,56 @@ def select_clients(client_ids: list[int], fraction: float, seed: int, round_inde
     return sorted(client_ids[i] for i in chosen)
 
 
+def local_update(model: nn.Module, algorithm: Algorithm, data: ClientData, global_weights: Weights,
+                 broadcast: dict[str, Any], state: dict[str, Any], sgd: SGDConfig, seed: int, round_index: int,
+                 device: torch.device | str) -> ClientResult:
+    """One client's local training from the global weights: the same code under every engine (in-process here,
+    inside a Flower ClientApp there). ``state`` is the client's own persistent state, updated in place."""
+    set_weights(model, global_weights)
+    ctx = LocalContext(data.client, global_weights, broadcast, state, sgd.lr, sgd.momentum, parameter_mask(model))
+    algorithm.begin_local(ctx, model)
+    steps = train_epochs(
+        model, data.x, data.y, sgd, seed, "client", data.client, "round", round_index,
+        loss_hook=lambda m, xb, yb: algorithm.loss(ctx, m, xb, yb),
+        after_step=lambda m: algorithm.after_step(ctx, m),
+        device=device,
+    )
+    return algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
+
+
 class Federation:
-    """Global model, algorithm and client data; ``run_round`` advances one round."""
+    """Global model, algorithm and client ids; ``run_round`` advances one round.
+
+    This class trains the selected clients in-process (``train.engine: local``); the Flower engine overrides
+    ``client_updates`` to send them to Flower ClientApps instead, and everything else stays the same.
+    """
 
     def __init__(self, model_factory: Callable[[], nn.Module], algorithm: Algorithm, clients: list[ClientData],
                  sgd: SGDConfig, client_fraction: float, seed: int, device: torch.device | str = "cpu"):
+        self.clients = {c.client: c for c in clients}
+        self.client_ids = sorted(self.clients)
         self.model_factory = model_factory
         self.model = model_factory().to(device)
         self.algorithm = algorithm
-        self.clients = {c.client: c for c in clients}
         self.sgd, self.client_fraction, self.seed, self.device = sgd, client_fraction, seed, device
-        self.mask = parameter_mask(self.model)
         self.global_weights: Weights = get_weights(self.model)
-        self.client_states: dict[int, dict[str, Any]] = {c.client: {} for c in clients}
+        self.client_states: dict[int, dict[str, Any]] = {cid: {} for cid in self.client_ids}
         self.round = 0  # rounds finished
 
-    def local_update(self, cid: int, broadcast: dict[str, Any]) -> ClientResult:
-        data = self.clients[cid]
-        set_weights(self.model, self.global_weights)
-        ctx = LocalContext(cid, self.global_weights, broadcast, self.client_states[cid], self.sgd.lr,
-                           self.sgd.momentum, self.mask)
-        self.algorithm.begin_local(ctx, self.model)
-        steps = train_epochs(
-            self.model, data.x, data.y, self.sgd, self.seed, "client", cid, "round", self.round,
-            loss_hook=lambda m, xb, yb: self.algorithm.loss(ctx, m, xb, yb),
-            after_step=lambda m: self.algorithm.after_step(ctx, m),
-            device=self.device,
-        )
-        return self.algorithm.client_result(ctx, get_weights(self.model), len(data.y), steps)
+    def client_updates(self, selected: list[int], broadcast: dict[str, Any]) -> list[ClientResult]:
+        return [local_update(self.model, self.algorithm, self.clients[cid], self.global_weights, broadcast,
+                             self.client_states[cid], self.sgd, self.seed, self.round, self.device)
+                for cid in selected]
+
+    def image_counts(self) -> tuple[int, int]:
+        """(real, synthetic) training images over all clients."""
+        return (sum(c.num_real for c in self.clients.values()), sum(c.num_synthetic for c in self.clients.values()))
 
     def run_round(self) -> list[int]:
         """Train the round's selected clients and aggregate; returns the selected client ids."""
-        selected = select_clients(sorted(self.clients), self.client_fraction, self.seed, self.round)
-        broadcast = self.algorithm.broadcast()
-        results = [self.local_update(cid, broadcast) for cid in selected]
-        self.global_weights = self.algorithm.aggregate(self.global_weights, results, len(self.clients))
+        selected = select_clients(self.client_ids, self.client_fraction, self.seed, self.round)
+        results = self.client_updates(selected, self.algorithm.broadcast())
+        self.global_weights = self.algorithm.aggregate(self.global_weights, results, len(self.client_ids))
         set_weights(self.model, self.global_weights)
         self.round += 1
         return selected

@@ -34,6 +34,13 @@ class MoonParams(Section):
     temperature: float = Field(0.5, gt=0)
 
 
+class FlowerParams(Section):
+    """train.engine: flower — what each simulated client (a Ray actor) is given."""
+
+    client_cpus: float = Field(1.0, gt=0)
+    client_gpus: float = Field(0.0, ge=0)
+
+
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "moon")
 
 
@@ -50,8 +57,10 @@ class TrainParams(Section):
     client_fraction: float = Field(1.0, gt=0, le=1)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
+    engine: Literal["local", "flower"] = "local"
     fedprox: FedProxParams = FedProxParams()
     scaffold: ScaffoldParams = ScaffoldParams()
     fedavgm: FedAvgMParams = FedAvgMParams()
     fedopt: FedOptParams = FedOptParams()
     moon: MoonParams = MoonParams()
+    flower: FlowerParams = FlowerParams()
