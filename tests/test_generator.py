@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,20 @@ def client_images(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
     gen = np.random.default_rng(0)
     pixels = gen.integers(0, 256, size=(n, 32, 32, 1), dtype=np.uint8)
     return pixels, np.array([0, 3] * (n // 2))
+
+
+def test_tokenizer_vocabulary_is_the_same_in_every_process(tmp_path):
+    """tiny-sd's BPE vocabulary is learned at pre-training; hash-map order must not change its bytes (tokenizers'
+    own trainer broke ties that way, so each process wrote another vocab.json)."""
+    code = ("import sys, pathlib; from regl.generator import tinysd; from regl.generator.pretrain import "
+            "vocabulary_corpus; t = tinysd.build_tokenizer(vocabulary_corpus(sys.argv[2:])); "
+            "d = pathlib.Path(sys.argv[1]); t.save_pretrained(d); tinysd.write_vocabulary_files(t, d)")
+    folders = []
+    for i in range(3):
+        folders.append(tmp_path / str(i))
+        subprocess.run([sys.executable, "-c", code, str(folders[-1]), *CLASSES], check=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+        assert len({sha(f / name) for f in folders}) == 1, name
 
 
 def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):

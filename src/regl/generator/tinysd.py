@@ -8,12 +8,13 @@ every diffusers/peft call the pipeline makes on them is the call it makes on a r
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
@@ -24,31 +25,60 @@ def build_tokenizer(corpus: Iterable[str]) -> CLIPTokenizer:
     """A CLIP tokenizer whose BPE vocabulary is learned from ``corpus`` (the captions and prompts it will see).
 
     Every byte keeps a token, so an unseen word still tokenizes (into pieces); the words of the corpus become
-    whole tokens. Trained with the same normalizer and pre-tokenizer as CLIP's, so the result is a regular
-    ``CLIPTokenizer`` (vocab.json + merges.txt when saved).
+    whole tokens. Words are split with CLIP's normalizer and pre-tokenizer, so the result is a regular
+    ``CLIPTokenizer`` (vocab.json + merges.txt when saved). The merges are learned here rather than by
+    ``tokenizers``' BpeTrainer, which breaks ties between equally frequent pairs in hash-map order and so
+    wrote a different vocabulary in each process.
     """
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix="", unk_token=SPECIAL_TOKENS[1]))
-    bpe.normalizer = normalizers.Sequence(
+    splitter = Tokenizer(models.BPE())
+    splitter.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+    splitter.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
                                    r"""[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
+    words: Counter[tuple[str, ...]] = Counter()
+    for text in sorted(set(corpus)):
+        for piece, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text)):
+            words[tuple(piece[:-1]) + (piece[-1] + "</w>",)] += 1
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=1, show_progress=False, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=alphabet, end_of_word_suffix="</w>", continuing_subword_prefix="")
-    bpe.train_from_iterator(sorted(set(corpus)), trainer=trainer)
-    learned = bpe.get_vocab()
     # Every byte also as a word end, so any word can be spelled.
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for tok in sorted(alphabet) + sorted(a + "</w>" for a in alphabet):
         vocab.setdefault(tok, len(vocab))
-    for tok, _ in sorted(learned.items(), key=lambda kv: kv[1]):
-        vocab.setdefault(tok, len(vocab))
-    merges = _merges(bpe)
+    merges = learn_merges(words)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+
+
+def learn_merges(words: Counter[tuple[str, ...]]) -> list[tuple[str, str]]:
+    """Byte-pair merges until every word is one token: the most frequent adjacent pair first, ties broken by
+    the pair itself (so the same corpus always gives the same merges)."""
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += n
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        words = Counter({_merge(word, best): n for word, n in words.items()})
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if word[i : i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
 
 
 def write_vocabulary_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
@@ -57,11 +87,6 @@ def write_vocabulary_files(tokenizer: CLIPTokenizer, folder: Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
-
-
-def _merges(bpe: Tokenizer) -> list[tuple[str, str]]:
-    model = json.loads(bpe.to_str())["model"]
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
 
 
 def build_vae(channels: int, image_size: int, widths: tuple[int, ...] = (16, 32, 64)) -> AutoencoderKL:
