@@ -1,7 +1,7 @@
 """Stage `reference_classifier`: a classifier trained once on the clients' real training pool
 (data/prepared/train.parquet), the judge of synthetic images; evaluation reuses it.
 
-Writes models/reference_classifier/ (model.pt, config.json) and metrics/reference_classifier.json.
+Writes models/reference_classifier/model.safetensors and metrics/reference_classifier.json.
 """
 
 from pathlib import Path

@@ -1,12 +1,12 @@
 """The reference classifier: trained once on the clients' real training pool, it judges synthetic images
 (classifiability, Fréchet features) and evaluation reuses it.
 
-Saved as ``model.pt`` (state dict) and ``config.json`` (what ``build_model`` needs to rebuild it).
+Saved like every regl classifier (``regl.modelio``): ``model.safetensors``, its architecture and class names in
+the metadata.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from regl.errors import ReglError
+from regl.modelio import load_model, save_model
 from regl.models import build_model
 from regl.params import Section
 from regl.shards import Shard
@@ -36,7 +36,7 @@ class ReferenceClassifierParams(Section):
 
 def train_reference(train: Shard, model_name: str, cfg: SGDConfig, seed: int) -> tuple[nn.Module, dict]:
     x, y = shard_tensors(train)
-    config = {"model": model_name, "channels": int(x.shape[1]), "num_classes": len(train.class_names),
+    config = {"name": model_name, "channels": int(x.shape[1]), "num_classes": len(train.class_names),
               "image_size": int(x.shape[2]), "class_names": list(train.class_names)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -46,17 +46,14 @@ def train_reference(train: Shard, model_name: str, cfg: SGDConfig, seed: int) ->
     return model, config
 
 
+WEIGHTS = "model.safetensors"
+
+
 def save_reference(model: nn.Module, config: dict, folder: Path) -> None:
-    torch.save(model.state_dict(), folder / "model.pt")
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_model(folder / WEIGHTS, model, config)
 
 
 def load_reference(folder: str | Path) -> tuple[nn.Module, dict]:
-    folder = Path(folder)
-    if not (folder / "model.pt").is_file():
-        raise ReglError(f"{folder}/model.pt: reference classifier not found (run `dvc repro reference_classifier`)")
-    config = json.loads((folder / "config.json").read_text())
-    model = build_model(config["model"], config["channels"], config["num_classes"], config["image_size"])
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    model.eval()
-    return model, config
+    """The classifier (in eval mode) and its metadata: name, channels, num_classes, image_size, class_names."""
+    model, config = load_model(Path(folder) / WEIGHTS)
+    return model.eval(), config
