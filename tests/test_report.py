@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from regl.report import method_name, runs, table1, table2
+from regl.report import Run, method_name, runs, table1, table2
 
 RECORDED = Path(__file__).parent / "data" / "exp_show.json"
 
@@ -28,8 +28,17 @@ def test_tables_fill_only_the_cells_that_ran():
     assert list(rows) == ["FedAvg", "FedProx", "MOON"]  # the paper's method order
     assert rows["FedAvg"][1:] == ["", ""] and rows["FedAvg"][0].count("/") == 1
     assert rows["MOON"][0] == "" and rows["MOON"][1] and rows["MOON"][2]
-    header2 = table2(found).splitlines()[0]
-    assert header2 == "| method | M = 5 (β = 0.5) | M = 10 (β = 0.01) | M = 10 (β = 0.5) |"
+    assert table2(found, 0.5).splitlines()[0] == "| method | M = 5 | M = 10 |"
+    assert table2(found, 0.01).splitlines()[0] == "| method | M = 10 |"
+
+
+def test_iid_runs_get_their_own_column():
+    found = runs(json.loads(RECORDED.read_text()))
+    skewed = next(r for r in found if r.name == "fedprox-b001")
+    iid = Run(**{**skewed.__dict__, "name": "fedprox-iid", "scheme": "iid", "global_accuracy": 0.75})
+    lines = table1(found + [iid]).splitlines()
+    assert lines[0].endswith("| IID, E = 1 |")
+    assert next(line for line in lines if line.startswith("| FedProx")).split("|")[-2].strip().startswith("75.0 / ")
 
 
 def test_cell_values_are_the_recorded_accuracies():

@@ -24,6 +24,7 @@ def _main() -> None:
 def report(
     exp_json: Optional[Path] = typer.Option(None, "--json", help="a saved `dvc exp show --json` (default: run it)"),
     all_commits: bool = typer.Option(False, "--all-commits", "-A", help="include experiments of every commit"),
+    beta: float = typer.Option(0.01, "--beta", help="the skew β of Table 2's runs"),
 ) -> None:
     """Print the paper's Table 1 (methods x beta, local epochs) and Table 2 (methods x clients) as Markdown."""
     if exp_json is not None:
@@ -41,8 +42,8 @@ def report(
         raise typer.Exit(2)
     typer.echo("Table 1: global / mean personalized test accuracy (%), by skew β and local epochs E\n")
     typer.echo(table1(found))
-    typer.echo("\nTable 2: global test accuracy (%), by number of clients M\n")
-    typer.echo(table2(found))
+    typer.echo(f"\nTable 2: global test accuracy (%), by number of clients M, at β = {beta:g}\n")
+    typer.echo(table2(found, beta))
 
 
 if __name__ == "__main__":

@@ -99,12 +99,22 @@ def _table(rows: list[Run], column_of, column_title, personalized: bool) -> str:
 
 
 def table1(rows: list[Run]) -> str:
-    """Methods x (beta, local epochs), Dirichlet runs; cells: global / mean personalized accuracy (%)."""
-    rows = [r for r in rows if r.scheme == "dirichlet"]
-    return _table(rows, lambda r: (r.beta, r.local_epochs), lambda c: f"β = {c[0]:g}, E = {c[1]}", True)
+    """Methods x (beta, local epochs): the Dirichlet runs, then the IID ones (the reference a skewed run is
+    measured against); cells: global / mean personalized accuracy (%)."""
+    rows = [r for r in rows if r.scheme in ("dirichlet", "iid")]
+
+    def column(r: Run) -> tuple[bool, float, int]:
+        iid = r.scheme == "iid"
+        return iid, 0.0 if iid else r.beta, r.local_epochs
+
+    def title(c: tuple[bool, float, int]) -> str:
+        return f"IID, E = {c[2]}" if c[0] else f"β = {c[1]:g}, E = {c[2]}"
+
+    return _table(rows, column, title, True)
 
 
-def table2(rows: list[Run]) -> str:
-    """Methods x number of clients, Dirichlet runs (one beta each, as in the paper); cells: global accuracy (%)."""
-    rows = [r for r in rows if r.scheme == "dirichlet"]
-    return _table(rows, lambda r: (r.num_clients, r.beta), lambda c: f"M = {c[0]} (β = {c[1]:g})", False)
+def table2(rows: list[Run], beta: float) -> str:
+    """Methods x number of clients, the Dirichlet runs at one ``beta`` (as in the paper); cells: global accuracy
+    (%)."""
+    rows = [r for r in rows if r.scheme == "dirichlet" and r.beta == beta]
+    return _table(rows, lambda r: r.num_clients, lambda m: f"M = {m}", False)
