@@ -78,7 +78,7 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
         finetune(pipe, pixels, real.labels, names, cfg, c)
         times.append(time.perf_counter() - start)
         adapted = to_data(generate(pipe, prompts, latents, sample, scale), size, ch)
-        q = client_quality(model, real, as_shard(adapted, labels, names), as_shard(vanilla, labels[own], names))
+        q, _ = client_quality(model, real, as_shard(adapted, labels, names), as_shard(vanilla, labels[own], names))
         rows[client_name(c)] = {k: q[k] for k in ("classifiability", "classifiability_own_classes",
                                                   "classifiability_own_classes_vanilla", "frechet_vanilla",
                                                   "frechet_adapted")}

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from regl.generator.quality import client_quality, per_class_accuracy
+from regl.generator.quality import client_quality
 from regl.naming import client_name
 from regl.params import load_experiment
 from regl.reference import load_reference
-from regl.shards import read_shard
+from regl.shards import read_class_names, read_shard
 from regl.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
@@ -34,17 +34,17 @@ def main(
         per_client, per_class_hits = {}, []
         for c in exp.clients:
             name = client_name(c)
-            adapted = read_shard(synthetic / f"{name}.parquet")
-            q = client_quality(model, read_shard(clients / f"{name}.parquet"), adapted,
-                               read_shard(vanilla / f"{name}.parquet"))
+            q, per_class = client_quality(model, read_shard(clients / f"{name}.parquet"),
+                                          read_shard(synthetic / f"{name}.parquet"),
+                                          read_shard(vanilla / f"{name}.parquet"))
             per_client[name] = q
-            per_class_hits.append(per_class_accuracy(model, adapted))
+            per_class_hits.append(per_class)
             log.info("%s: classifiability %.3f, Fréchet vanilla %.1f -> adapted %.1f", name, q["classifiability"],
                      q["frechet_vanilla"], q["frechet_adapted"])
         total = sum(q["synthetic_images"] for q in per_client.values())
         correct = sum(q["correct"] for q in per_client.values())
         closer = sum(q["adapted_closer"] for q in per_client.values())
-        names = read_shard(synthetic / f"{client_name(exp.clients[0])}.parquet").class_names
+        names = read_class_names(synthetic / f"{client_name(exp.clients[0])}.parquet")
         class_acc = np.mean(per_class_hits, axis=0)
         write_json(metrics, {
             "classifiability": round(correct / total, 4),

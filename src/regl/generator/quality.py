@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from regl.evaluation import confusion_matrix, per_class_accuracy
 from regl.shards import Shard
 from regl.tensors import shard_tensors
 from regl.training import embed, predict
@@ -31,18 +32,22 @@ def of_classes(shard: Shard, classes: np.ndarray) -> Shard:
 
 
 @torch.no_grad()
-def client_quality(model: torch.nn.Module, real: Shard, adapted: Shard, vanilla: Shard) -> dict:
+def client_quality(model: torch.nn.Module, real: Shard, adapted: Shard,
+                   vanilla: Shard) -> tuple[dict, np.ndarray]:
     """Classifiability of the adapted images (all classes, and the client's own), and vanilla-vs-adapted
-    Fréchet distance to the client's real images, measured on the classes the client holds."""
+    Fréchet distance to the client's real images, measured on the classes the client holds; and the adapted
+    images' accuracy per class, from the same predictions."""
     own = np.flatnonzero(real.class_counts() > 0)
     x, y = shard_tensors(adapted)
-    correct = (predict(model, x).argmax(1) == y).numpy()
+    predicted = predict(model, x).argmax(1)
+    correct = (predicted == y).numpy()
     own_rows = np.isin(adapted.labels, own)
     van = of_classes(vanilla, own)
     vx, vy = shard_tensors(van)
     real_f = embed(model, shard_tensors(real)[0]).numpy()
     fd_vanilla = frechet_distance(real_f, embed(model, vx).numpy())
     fd_adapted = frechet_distance(real_f, embed(model, x[torch.from_numpy(own_rows)]).numpy())
+    per_class = per_class_accuracy(confusion_matrix(y.numpy(), predicted.numpy(), len(adapted.class_names)))
     return {
         "classifiability": round(float(correct.mean()), 4),
         "classifiability_own_classes": round(float(correct[own_rows].mean()), 4),
@@ -54,11 +59,4 @@ def client_quality(model: torch.nn.Module, real: Shard, adapted: Shard, vanilla:
         "real_images": len(real),
         "synthetic_images": len(adapted),
         "correct": int(correct.sum()),
-    }
-
-
-def per_class_accuracy(model: torch.nn.Module, shard: Shard) -> np.ndarray:
-    x, y = shard_tensors(shard)
-    hit = (predict(model, x).argmax(1) == y).numpy()
-    k = len(shard.class_names)
-    return np.bincount(shard.labels, weights=hit, minlength=k) / np.maximum(np.bincount(shard.labels, minlength=k), 1)
+    }, per_class
