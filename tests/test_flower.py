@@ -90,7 +90,7 @@ def free_port() -> int:
 
 
 def test_superlink_and_two_supernodes_on_loopback(flower_repo, tmp_path):
-    """The README's multi-machine commands on one machine: a SuperLink, one SuperNode per client (each told its
+    """docs/flower.md's multi-machine commands on one machine: a SuperLink, one SuperNode per client (each told its
     client id and shard folder), `flwr run` of the regl Flower App; the outputs are the stage's."""
     repo = flower_repo
     set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg"})
