@@ -10,21 +10,28 @@ import torch
 from torch import nn
 
 MODELS = ("cnn", "resnet18")
+GROUPS = 4  # GroupNorm groups in the cnn
 
 
 class SmallCNN(nn.Module):
     """Three conv blocks (16-32-64 channels, the first two halving the side, the last pooled to 4 x 4) and a
     128-wide embedding (the representation MOON contrasts)."""
 
-    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 16, embed: int = 128):
+    def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 16, embed: int = 128,
+                 norm: bool = True):
         super().__init__()
         if image_size < 8:
             raise ValueError(f"the cnn needs images of at least 8 px, got {image_size}")
         w = width
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+            return [conv, nn.GroupNorm(GROUPS, c_out), nn.ReLU()] if norm else [conv, nn.ReLU()]
+
         self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+            *block(channels, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(4),
             nn.Flatten(),
             nn.Linear(4 * w * 16, embed), nn.ReLU(),
         )

@@ -37,18 +37,24 @@ def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch
 
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: SGDParams, epochs: int, seed: int,
                  *keys: object, loss_hook: LossHook | None = None, after_step: StepHook | None = None,
-                 device: torch.device | str = "cpu") -> int:
-    """SGD over (x, y) for ``epochs``; returns the number of optimizer steps taken.
+                 device: torch.device | str = "cpu", steps: int | None = None) -> int:
+    """SGD over (x, y) for ``epochs``, or, given ``steps``, for exactly that many optimizer steps (as many passes
+    over the data as it takes, the last one cut short; ``epochs`` is then unused); returns the number of
+    optimizer steps taken.
 
     ``loss_hook(model, xb, yb)`` runs the forward pass and returns the loss (default: cross-entropy of
     ``model(xb)``); ``after_step(model)`` runs after every optimizer step. Batches are shuffled by
-    (seed, keys, epoch).
+    (seed, keys, epoch), so the first steps of a step budget are the first steps of the epochs.
     """
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
-    steps = 0
-    for epoch in range(epochs):
+    taken, epoch = 0, 0
+    while (taken < steps) if steps is not None else (epoch < epochs):
         for idx in batch_order(len(y), sgd.batch_size, seed, *keys, "epoch", epoch):
+            if steps is not None and taken >= steps:
+                break
             xb, yb = x[idx].to(device), y[idx].to(device)
             loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
@@ -56,5 +62,14 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: SGDPar
             opt.step()
             if after_step is not None:
                 after_step(model)
-            steps += 1
-    return steps
+            taken += 1
+        epoch += 1
+    return taken
+
+
+def samples_seen(n: int, batch_size: int, steps: int) -> int:
+    """How many images ``steps`` optimizer steps over ``n`` images in batches of ``batch_size`` process (the
+    last batch of each pass may be short, as ``batch_order`` cuts it)."""
+    per_pass = -(-n // batch_size)
+    passes, rest = divmod(steps, per_pass)
+    return passes * n + rest * batch_size

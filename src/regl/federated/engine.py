@@ -45,7 +45,7 @@ def local_update(model: nn.Module, algorithm: Algorithm, data: ClientData, globa
         model, data.x, data.y, p, p.local_epochs, p.seed, "client", data.client, "round", round_index,
         loss_hook=lambda m, xb, yb: algorithm.loss(ctx, m, xb, yb),
         after_step=lambda m: algorithm.after_step(ctx, m),
-        device=device,
+        device=device, steps=p.local_steps,
     )
     return algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
 
@@ -105,11 +105,13 @@ class Federation:
         self.client_fraction, self.seed, self.device = client_fraction, seed, device
         self.global_weights: Weights = get_weights(self.model)
         self.round = 0  # rounds finished
+        self.last_work: list[tuple[int, int]] = []  # the last round's (training images, local steps) per client
 
     def run_round(self) -> list[int]:
         """Train the round's selected clients and aggregate; returns the selected client ids."""
         selected = select_clients(self.client_ids, self.client_fraction, self.seed, self.round)
         results = self.runner.train(selected, self.global_weights, self.algorithm.broadcast(), self.round)
+        self.last_work = [(r.num_samples, r.steps) for r in results]
         self.global_weights = self.algorithm.aggregate(self.global_weights, results, len(self.client_ids))
         set_weights(self.model, self.global_weights)
         self.round += 1

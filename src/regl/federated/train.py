@@ -8,6 +8,7 @@ this run's state.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from regl.federated.engine import ClientRunner, Federation
 from regl.federated.train_params import TrainParams
 from regl.models import build_model
 from regl.seeding import derive_seed
+from regl.training import samples_seen
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,32 @@ def make_federation(setup: RunSetup, algorithm: Algorithm, runner: ClientRunner,
     return Federation(setup.model_factory()(), algorithm, runner, setup.clients, p.client_fraction, p.seed, device)
 
 
+# a run is "at chance" while its test accuracy is below this multiple of the best constant guess
+CHANCE_MARGIN = 1.5
+# converged: the mean accuracy of the last five rounds within this of the mean of the five before
+CONVERGED_TOLERANCE = 0.01
+
+
+def chance_check_round(rounds: int) -> int:
+    """The round after which a run still at chance is reported: a fifth of the rounds, at least one."""
+    return max(1, math.ceil(rounds / 5))
+
+
+def chance_level(y: torch.Tensor) -> float:
+    """The accuracy of always predicting the commonest class of ``y``."""
+    return float(torch.bincount(y).max()) / len(y) if len(y) else 0.0
+
+
+def chance_warning(round_index: int, rounds: int, accuracy: float, chance: float) -> str | None:
+    """The line logged when, after a fifth of the rounds, the global model is still at chance."""
+    if round_index != chance_check_round(rounds) or accuracy >= CHANCE_MARGIN * chance:
+        return None
+    return (f"after round {round_index} of {rounds} the global model is still at chance (test accuracy "
+            f"{accuracy:.3f}, chance {chance:.3f}): it is not learning with this recipe on this data; try a "
+            f"higher train.lr, more local steps per round (train.local_epochs or train.local_steps) or more "
+            f"train.rounds (docs/algorithms.md, 'The default recipe')")
+
+
 @dataclass
 class RunResult:
     federation: Federation
@@ -86,12 +114,17 @@ def train(fed: Federation, rounds: int, test: tuple[torch.Tensor, torch.Tensor],
         curve = saved["curve"]
         log.info("resuming from round %d of %d (%s)", fed.round, rounds, checkpoint.path)
     bar = tqdm(total=rounds, initial=fed.round, desc=f"{fed.algorithm.name}", unit="round")
+    chance = chance_level(test[1])
     while fed.round < rounds:
         start = time.perf_counter()
         selected = fed.run_round()
         metrics = evaluate(fed.model, *test, device=fed.device)
         curve.append({"round": fed.round, "accuracy": round(metrics["accuracy"], 6),
-                      "loss": round(metrics["loss"], 6), "clients": len(selected)})
+                      "loss": round(metrics["loss"], 6), "clients": len(selected),
+                      "work": [list(w) for w in fed.last_work]})
+        warning = chance_warning(fed.round, rounds, metrics["accuracy"], chance)
+        if warning:
+            log.warning(warning)
         if checkpoint:
             checkpoint.save({"federation": fed.state_dict(), "curve": curve})
         bar.update(1)
@@ -105,6 +138,9 @@ def train(fed: Federation, rounds: int, test: tuple[torch.Tensor, torch.Tensor],
 def train_metrics(setup: RunSetup, curve: list[dict], real: int, synthetic: int) -> dict:
     """metrics/train.json."""
     p, last = setup.params, curve[-1]
+    acc = [r["accuracy"] for r in curve]
+    work = [(n, k) for r in curve for n, k in r.get("work", [])]
+    steps = [k for _, k in work]
     return {
         "algorithm": p.algorithm,
         "synthetic": p.synthetic,
@@ -113,10 +149,27 @@ def train_metrics(setup: RunSetup, curve: list[dict], real: int, synthetic: int)
         "loss": last["loss"],
         # under strong skew the last round's accuracy swings from round to round; this is steadier
         "accuracy_mean_last_5": round(sum(r["accuracy"] for r in curve[-5:]) / len(curve[-5:]), 6),
+        # convergence: the change over the last five rounds (acc[R] - acc[R-5]) and whether the mean of the last
+        # five rounds is within CONVERGED_TOLERANCE of the five before (null when under 10 rounds)
+        "accuracy_change_last_5": round(acc[-1] - acc[-6], 6) if len(acc) >= 6 else None,
+        "converged": converged(acc),
+        # compute: local optimizer steps per client per round (mean), all steps, all images processed
+        "local_epochs": None if p.local_steps else p.local_epochs,
+        "local_steps": p.local_steps,
+        "steps_per_round": round(sum(steps) / len(steps), 2) if steps else None,
+        "optimizer_steps": sum(steps),
+        "samples_processed": sum(samples_seen(n, p.batch_size, k) for n, k in work),
         "num_clients": len(setup.clients),
         "real_images": real,
         "synthetic_images": synthetic,
     }
+
+
+def converged(acc: list[float]) -> bool | None:
+    """Whether the last five rounds' mean accuracy is within CONVERGED_TOLERANCE of the five rounds' before."""
+    if len(acc) < 10:
+        return None
+    return abs(sum(acc[-5:]) - sum(acc[-10:-5])) / 5 <= CONVERGED_TOLERANCE
 
 
 def curve_csv(curve: list[dict]) -> str:

@@ -46,13 +46,18 @@ ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "fedadam", "fedyogi", 
 
 
 class TrainParams(SGDParams):
-    """Stage federated_train; the local SGD fields (batch_size, lr, momentum, weight_decay) come from SGDParams."""
+    """Stage federated_train; the local SGD fields (batch_size, lr, momentum, weight_decay) come from SGDParams.
 
+    Defaults are the default recipe (docs/algorithms.md): lr 0.05, 2 local epochs, batch 64, 20 rounds."""
+
+    lr: float = Field(0.05, gt=0)
     algorithm: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
     synthetic: bool = False
     model: Literal["cnn", "resnet18"] = "cnn"
     rounds: int = Field(20, ge=1)
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(2, ge=1)
+    # K: a fixed number of local SGD steps per round instead of local_epochs passes (None = epochs)
+    local_steps: int | None = Field(None, ge=1)
     client_fraction: float = Field(1.0, gt=0, le=1)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
