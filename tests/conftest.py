@@ -86,7 +86,7 @@ TINY_GENERATOR = {
 
 def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
     """A scratch git + DVC repository at ``repo`` holding this pipeline, set to tiny data (1,000
-    Fashion-MNIST-shaped training images over three clients), tiny generator settings, two rounds of training, one epoch
+    Fashion-MNIST-shaped training images over three clients), tiny generator settings, two rounds of one local epoch, one epoch
     of personalization, and ``params``."""
     repo.mkdir(parents=True)
     for name in PIPELINE_FILES:
@@ -103,6 +103,7 @@ def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
         "partition.local_test_size": 20,
         "clients": [0, 1, 2],
         "train.rounds": 2,
+        "train.local_epochs": 1,
         "train.batch_size": 32,
         "personalize.epochs": 1,
         **TINY_GENERATOR,
