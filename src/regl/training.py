@@ -46,12 +46,13 @@ def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch
 
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDConfig, seed: int, *keys: object,
                  loss_hook: LossHook | None = None, after_step: StepHook | None = None,
-                 device: torch.device | str = "cpu") -> int:
+                 device: torch.device | str = "cpu", before_step: StepHook | None = None) -> int:
     """Plain SGD over (x, y) for ``cfg.epochs``; returns the number of optimizer steps taken.
 
     ``loss_hook(model, xb, yb)`` runs the forward pass and returns the loss (default: cross-entropy of
-    ``model(xb)``); ``after_step(model)`` runs
-    after every optimizer step (SCAFFOLD's correction). Batches are shuffled by (seed, keys, epoch).
+    ``model(xb)``); ``before_step(model)`` runs between the backward pass and the optimizer step (it may change
+    the gradients: SCAFFOLD's correction), ``after_step(model)`` after every optimizer step. Batches are
+    shuffled by (seed, keys, epoch).
     """
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -62,6 +63,8 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SGDCon
             loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if before_step is not None:
+                before_step(model)
             opt.step()
             if after_step is not None:
                 after_step(model)

@@ -42,8 +42,11 @@ def local_update(model: nn.Module, algorithm: Algorithm, data: ClientData, globa
         loss_hook=lambda m, xb, yb: algorithm.loss(ctx, m, xb, yb),
         after_step=lambda m: algorithm.after_step(ctx, m),
         device=device,
+        before_step=lambda m: algorithm.before_step(ctx, m),
     )
-    return algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
+    result = algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
+    result.num_real = data.num_real  # for train.weighting: real
+    return result
 
 
 class Federation:
@@ -60,6 +63,7 @@ class Federation:
         self.model_factory = model_factory
         self.model = model_factory().to(device)
         self.algorithm = algorithm
+        algorithm.bind(self.model)  # which weights are parameters (server rules) and which buffers (averaged)
         self.sgd, self.client_fraction, self.seed, self.device = sgd, client_fraction, seed, device
         self.global_weights: Weights = get_weights(self.model)
         self.client_states: dict[int, dict[str, Any]] = {cid: {} for cid in self.client_ids}

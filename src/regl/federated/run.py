@@ -23,7 +23,7 @@ from regl.client_data import ClientData, client_files, load_client
 from regl.errors import ReglError
 from regl.federated.engine import Federation
 from regl.federated.params import TrainParams
-from regl.federated.registry import build_algorithm
+from regl.federated.registry import build_algorithm, projection_dim
 from regl.images import decode_png
 from regl.modelio import save_model
 from regl.models import build_model
@@ -49,7 +49,7 @@ def model_factory(p: TrainParams, channels: int, num_classes: int, image_size: i
     def build() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(p.seed, "init"))
-            return build_model(p.model, channels, num_classes, image_size)
+            return build_model(p.model, channels, num_classes, image_size, projection_dim(p))
 
     try:
         with torch.no_grad():
@@ -180,9 +180,11 @@ def run_training(paths: TrainPaths, grid: Any = None) -> None:
 
 def write_outputs(paths: TrainPaths, setup: RunSetup, result: RunResult, real: int, synthetic: int) -> None:
     p, curve, last = setup.params, result.curve, result.curve[-1]
-    save_model(paths.model_out, result.federation.model,
-               {"name": p.model, "channels": setup.channels, "num_classes": setup.num_classes,
-                "image_size": setup.image_size, "algorithm": p.algorithm})
+    arch = {"name": p.model, "channels": setup.channels, "num_classes": setup.num_classes,
+            "image_size": setup.image_size, "algorithm": p.algorithm}
+    if projection_dim(p):
+        arch["projection"] = projection_dim(p)
+    save_model(paths.model_out, result.federation.model, arch)
     write_json(paths.metrics, {
         "algorithm": p.algorithm,
         "synthetic": p.synthetic,
