@@ -32,7 +32,7 @@ class FedOptParams(Section):
 
 
 class MoonParams(Section):
-    mu: float = Field(5.0, ge=0)
+    mu: float = Field(0.1, ge=0)
     temperature: float = Field(0.5, gt=0)
     projection_dim: int = Field(256, ge=1)  # output width of MOON's projection head (the paper's code: 256)
 
