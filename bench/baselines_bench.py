@@ -29,9 +29,11 @@ import torch
 import yaml
 
 from regl.client_data import ClientData
-from regl.federated.engine import Federation
+from regl.device import resolve_device
+from regl.evaluation import evaluate
+from regl.federated.engine import Federation, InProcessClients
 from regl.images import decode_png
-from regl.federated.params import ALGORITHMS, TrainParams
+from regl.federated.train_params import ALGORITHMS, TrainParams
 from regl.federated.registry import build_algorithm, projection_dim
 from regl.models import build_model
 from regl.params import load_experiment, load_section
@@ -39,7 +41,6 @@ from regl.partition import PartitionParams, split_clients
 from regl.seeding import derive_seed, rng
 from regl.shards import read_shard
 from regl.tensors import shard_tensors
-from regl.training import SGDConfig, evaluate, resolve_device
 
 
 def set_key(d: dict, dotted: str, value: str) -> None:
@@ -71,8 +72,9 @@ def one_run(job: dict) -> dict:
             torch.manual_seed(derive_seed(p.seed, "init"))
             return build_model(p.model, channels, len(train.class_names), size, projection_dim(p))
 
-    sgd = SGDConfig(p.local_epochs, p.batch_size, p.lr, p.momentum, p.weight_decay)
-    fed = Federation(factory, build_algorithm(p), clients, sgd, p.client_fraction, p.seed, device)
+    algorithm = build_algorithm(p)
+    runner = InProcessClients(clients, factory().to(device), algorithm, p, device)
+    fed = Federation(factory(), algorithm, runner, job["clients"], p.client_fraction, p.seed, device)
     start, curve = time.perf_counter(), []
     for _ in range(p.rounds):
         fed.run_round()

@@ -13,10 +13,17 @@ from torch import nn
 
 from regl.client_data import ClientData
 from regl.federated.algorithm import ClientResult
-from regl.federated.engine import Federation
-from regl.federated.params import ALGORITHMS, TrainParams
+from regl.evaluation import evaluate
+from regl.federated.engine import Federation, InProcessClients
 from regl.federated.registry import build_algorithm
-from regl.training import SGDConfig, evaluate
+from regl.federated.train_params import ALGORITHMS, TrainParams
+
+
+def federation(build, p, clients):
+    """The local engine: ``build()`` makes the model (the server's and the clients' scratch copy)."""
+    algorithm = build_algorithm(p)
+    runner = InProcessClients(clients, build(), algorithm, p)
+    return Federation(build(), algorithm, runner, [c.client for c in clients], p.client_fraction, p.seed)
 
 
 # --- SCAFFOLD: convergence to the optimum of a heterogeneous problem, under momentum 0.9 ---------------------
@@ -64,11 +71,10 @@ def test_scaffold_with_momentum_converges_to_the_optimum_where_fedavg_drifts():
     K_i η_l (the control variates then stall 0.4 away from the optimum)."""
     clients, wd = skewed_clients(), 0.05
     target = optimum(clients, wd)
-    sgd = SGDConfig(epochs=10, batch_size=32, lr=0.1, momentum=0.9, weight_decay=wd)
     ends = {}
     for algorithm in ("fedavg", "scaffold"):
-        p = TrainParams(algorithm=algorithm, momentum=0.9)
-        fed = Federation(linear, build_algorithm(p), clients, sgd, 1.0, seed=0)
+        p = TrainParams(algorithm=algorithm, local_epochs=10, batch_size=32, lr=0.1, momentum=0.9, weight_decay=wd)
+        fed = federation(linear, p, clients)
         for _ in range(60):
             fed.run_round()
         ends[algorithm] = distance(fed.global_weights, target)
@@ -353,15 +359,14 @@ def test_every_algorithm_learns_a_tiny_easy_problem(algorithm):
     gen = torch.Generator().manual_seed(0)
     clients = [ClientData(i, *easy_data(48, cls, gen), 48) for i, cls in enumerate([[0, 1], [1, 2], [2, 3], [3, 0]])]
     test_x, test_y = easy_data(200, [0, 1, 2, 3], gen)
-    p = TrainParams(algorithm=algorithm)
+    p = TrainParams(algorithm=algorithm, local_epochs=5, batch_size=16)
 
     def factory():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return build_model("cnn", 1, 4, 16, projection_dim(p))
 
-    fed = Federation(factory, build_algorithm(p), clients, SGDConfig(5, 16, p.lr, p.momentum, p.weight_decay),
-                     1.0, seed=0)
+    fed = federation(factory, p, clients)
     start = evaluate(fed.model, test_x, test_y)
     for _ in range(10):
         fed.run_round()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import REPO, set_params, stage
 
-from regl.federated.params import ALGORITHMS
+from regl.federated.train_params import ALGORITHMS
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
@@ -92,7 +92,7 @@ def free_port() -> int:
 
 
 def test_superlink_and_two_supernodes_on_loopback(flower_repo, tmp_path):
-    """The README's multi-machine commands on one machine: a SuperLink, one SuperNode per client (each told its
+    """docs/flower.md's multi-machine commands on one machine: a SuperLink, one SuperNode per client (each told its
     client id and shard folder), `flwr run` of the regl Flower App; the outputs are the stage's."""
     repo = flower_repo
     set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg"})

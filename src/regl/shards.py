@@ -1,4 +1,4 @@
-"""The one Parquet reader/writer for image shards (DESIGN §4).
+"""The one Parquet reader/writer for image shards (docs/data-formats.md).
 
 Columns: ``image`` (struct of PNG ``bytes`` and ``path``, the layout of the Hugging Face ``Image`` feature),
 ``label`` (int64), ``source`` (``real``/``synthetic``), ``id`` (provenance of each image) and any extra
@@ -121,3 +121,9 @@ def read_class_names(path: str | Path) -> list[str]:
     """The class names of a shard, from its metadata alone (no image data read)."""
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta[b"regl"])["class_names"]
+
+
+def read_class_counts(path: str | Path) -> np.ndarray:
+    """Images per class of a shard, from its label column and metadata alone (no image bytes read)."""
+    labels = pq.read_table(path, columns=["label"]).column("label").to_numpy()
+    return np.bincount(labels, minlength=len(read_class_names(path)))

@@ -10,7 +10,7 @@ Aggregation weights p_i are one stated choice for every algorithm (``train.weigh
 training images including synthetic ones (``samples``), its real images only (``real``), or 1 (``uniform``);
 p_i = n_i / Σ n over the round's clients. ``aggregate`` applies an algorithm's server rule
 (``server_update``) to the trainable parameters only; buffers (BatchNorm running statistics and counters)
-are the p_i-weighted average of the clients', whatever the algorithm (DESIGN §5).
+are the p_i-weighted average of the clients', whatever the algorithm (docs/algorithms.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SCAFFOLD, option II (Karimireddy et al. 2020), under local SGD with momentum (DESIGN §5).
+"""SCAFFOLD, option II (Karimireddy et al. 2020), under local SGD with momentum (docs/algorithms.md).
 
 Client i keeps c_i (zero at first). The paper's local step is y ← y − η_l (g(y) + c − c_i): here the correction
 c − c_i is added to the gradient after the backward pass and *before* the optimizer step, so momentum and

@@ -5,7 +5,7 @@ buffers (BatchNorm running statistics, float, and its ``num_batches_tracked`` co
 computes in float64 and rounds once to each entry's dtype (integers to the nearest integer), so an algorithm
 that reduces to FedAvg (FedAvgM with momentum 0, FedNova with equal steps) gives FedAvg's weights bit for
 bit, not just within rounding. ``parameter_mask`` tells which entries are trainable parameters: the server
-rules of DESIGN §5 apply to those only; buffers are averaged with the clients' aggregation weights.
+rules of docs/algorithms.md apply to those only; buffers are averaged with the clients' aggregation weights.
 """
 
 from __future__ import annotations
