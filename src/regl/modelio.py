@@ -17,7 +17,8 @@ from regl.models import build_model
 
 
 def save_model(path: str | Path, model: nn.Module, arch: dict[str, Any]) -> None:
-    """``arch``: name, channels, num_classes, image_size (what build_model needs), plus any provenance."""
+    """``arch``: name, channels, num_classes, image_size and, for MOON's network, projection (what build_model
+    needs), plus any provenance."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_file(path) as tmp:
         # one metadata entry: safetensors keeps metadata in a hash map, so several keys come out in any order
@@ -33,6 +34,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         state = {k: f.get_tensor(k) for k in f.keys()}
     if "name" not in meta:
         raise ReglError(f"{path}: not a regl model (no architecture in its metadata)")
-    model = build_model(meta["name"], meta["channels"], meta["num_classes"], meta["image_size"])
+    model = build_model(meta["name"], meta["channels"], meta["num_classes"], meta["image_size"],
+                        meta.get("projection", 0))
     model.load_state_dict(state)
     return model.to(device), meta

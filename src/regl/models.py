@@ -1,7 +1,8 @@
 """Classifiers: a small CNN for the embedded default's small images, torchvision's ResNet-18 for 224 px.
 
-Every model exposes ``features(x)`` (the penultimate embedding: MOON's representation, the Fréchet features)
-and ``head`` (the linear classifier), and ``forward(x) = head(features(x))``.
+Every model exposes ``features(x)`` (the penultimate embedding, the Fréchet features) and ``head`` (the linear
+classifier), and ``forward(x) = head(features(x))``. ``build_model(..., projection=d)`` puts MOON's projection
+head between the backbone and the classifier (``Projected``); its ``features`` is then the projection.
 """
 
 from __future__ import annotations
@@ -70,9 +71,33 @@ class ResNet18(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(name: str, channels: int, num_classes: int, image_size: int) -> nn.Module:
+class Projected(nn.Module):
+    """MOON's network (Li et al., CVPR 2021, and its reference code): the backbone's representation h, a
+    projection head z = W2 ReLU(W1 h + b1) + b2 (a two-layer MLP, W1 d x d, W2 ``dim`` x d, d the backbone's
+    width), and the classifier on z. ``features(x)`` = z, the representation the contrastive loss compares."""
+
+    def __init__(self, base: nn.Module, num_classes: int, dim: int):
+        super().__init__()
+        width = base.embed_dim
+        base.head = nn.Identity()  # the backbone's own classifier is replaced by the one on the projection
+        self.backbone = base
+        self.projection = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, dim))
+        self.embed_dim = dim
+        self.head = nn.Linear(dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.backbone.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(name: str, channels: int, num_classes: int, image_size: int, projection: int = 0) -> nn.Module:
+    """``projection`` > 0: MOON's projection head of that output width after the backbone (``Projected``)."""
     if name == "cnn":
-        return SmallCNN(channels, num_classes, image_size)
-    if name == "resnet18":
-        return ResNet18(channels, num_classes, image_size)
-    raise ValueError(f"unknown model {name!r}: must be one of {', '.join(MODELS)}")
+        model: nn.Module = SmallCNN(channels, num_classes, image_size)
+    elif name == "resnet18":
+        model = ResNet18(channels, num_classes, image_size)
+    else:
+        raise ValueError(f"unknown model {name!r}: must be one of {', '.join(MODELS)}")
+    return Projected(model, num_classes, projection) if projection else model

@@ -37,14 +37,16 @@ def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch
 
 def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: SGDParams, epochs: int, seed: int,
                  *keys: object, loss_hook: LossHook | None = None, after_step: StepHook | None = None,
-                 device: torch.device | str = "cpu", steps: int | None = None) -> int:
+                 device: torch.device | str = "cpu", before_step: StepHook | None = None,
+                 steps: int | None = None) -> int:
     """SGD over (x, y) for ``epochs``, or, given ``steps``, for exactly that many optimizer steps (as many passes
     over the data as it takes, the last one cut short; ``epochs`` is then unused); returns the number of
     optimizer steps taken.
 
     ``loss_hook(model, xb, yb)`` runs the forward pass and returns the loss (default: cross-entropy of
-    ``model(xb)``); ``after_step(model)`` runs after every optimizer step. Batches are shuffled by
-    (seed, keys, epoch), so the first steps of a step budget are the first steps of the epochs.
+    ``model(xb)``); ``before_step(model)`` runs between the backward pass and the optimizer step (it may change
+    the gradients: SCAFFOLD's correction), ``after_step(model)`` after every optimizer step. Batches are
+    shuffled by (seed, keys, epoch), so the first steps of a step budget are the first steps of the epochs.
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -59,6 +61,8 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: SGDPar
             loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if before_step is not None:
+                before_step(model)
             opt.step()
             if after_step is not None:
                 after_step(model)

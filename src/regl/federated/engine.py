@@ -46,8 +46,11 @@ def local_update(model: nn.Module, algorithm: Algorithm, data: ClientData, globa
         loss_hook=lambda m, xb, yb: algorithm.loss(ctx, m, xb, yb),
         after_step=lambda m: algorithm.after_step(ctx, m),
         device=device, steps=p.local_steps,
+        before_step=lambda m: algorithm.before_step(ctx, m),
     )
-    return algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
+    result = algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
+    result.num_real = data.num_real  # for train.weighting: real
+    return result
 
 
 class ClientRunner(Protocol):
@@ -101,6 +104,7 @@ class Federation:
                  client_fraction: float, seed: int, device: torch.device | str = "cpu"):
         self.model = model.to(device)
         self.algorithm, self.runner = algorithm, runner
+        algorithm.bind(self.model)  # which weights are parameters (server rules) and which buffers (averaged)
         self.client_ids = sorted(client_ids)
         self.client_fraction, self.seed, self.device = client_fraction, seed, device
         self.global_weights: Weights = get_weights(self.model)

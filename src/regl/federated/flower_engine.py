@@ -148,7 +148,7 @@ class FlowerClients:
             extras: dict[str, Any] = _unpack(c, "extra", self.device)
             extras.update({k.removeprefix("extra."): v for k, v in info.items() if k.startswith("extra.")})
             results[cid] = ClientResult(cid, from_record(c.array_records["weights"], self.device),
-                                        int(info["num-examples"]), int(info["steps"]), extras)
+                                        int(info["num-examples"]), int(info["steps"]), extras, int(info["num-real"]))
         return [results[cid] for cid in selected]  # the local engine's order: the server sums in this order
 
 
@@ -206,6 +206,7 @@ def _train(msg: Message, context: Context) -> Message:
     numbers = {k: v for k, v in result.extras.items() if isinstance(v, (int, float))}
     _pack(reply, "extra", {k: v for k, v in result.extras.items() if k not in numbers})
     reply["info"] = MetricRecord({"client": data.client, "num-examples": result.num_samples, "steps": result.steps,
+                                  "num-real": result.num_real,
                                   **{f"extra.{k}": float(v) for k, v in numbers.items()}})
     return Message(reply, reply_to=msg)
 

@@ -1,9 +1,10 @@
 """MOON (Li et al., model-contrastive learning); docs/algorithms.md.
 
 loss = CE + μ · ℓ_con, ℓ_con = −log( e^{cos(z, z_glob)/τ} / (e^{cos(z, z_glob)/τ} + e^{cos(z, z_prev)/τ}) ),
-z = the local model's representation (``model.features``, the projection after the backbone), z_glob that of
-the round's global model, z_prev that of this client's previous local model (the global model in its first
-round). The previous local model is client state.
+z = the local model's projection (``model.features`` of MOON's network, ``models.Projected``: backbone, a
+two-layer MLP projection head, the classifier on the projection; the stage builds it for ``moon``), z_glob that
+of the round's global model, z_prev that of this client's previous local model (the global model in its first
+round). The previous local model is client state. Checked against a hand computation in the tests.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from regl.federated.weights import Weights, set_weights
 class Moon(Algorithm):
     name = "moon"
 
-    def __init__(self, mu: float, temperature: float) -> None:
-        super().__init__()
+    def __init__(self, mu: float, temperature: float, weighting: str = "samples") -> None:
+        super().__init__(weighting)
         self.mu, self.temperature = mu, temperature
 
     def begin_local(self, ctx: LocalContext, model: nn.Module) -> None:

@@ -22,6 +22,7 @@ from regl.errors import ReglError
 from regl.evaluation import evaluate
 from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, Federation
+from regl.federated.registry import projection_dim
 from regl.federated.train_params import TrainParams
 from regl.models import build_model
 from regl.seeding import derive_seed
@@ -56,7 +57,7 @@ class RunSetup:
         def build() -> nn.Module:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(p.seed, "init"))
-                return build_model(p.model, channels, self.num_classes, size)
+                return build_model(p.model, channels, self.num_classes, size, projection_dim(p))
 
         try:
             with torch.no_grad():
@@ -182,5 +183,8 @@ def curve_csv(curve: list[dict]) -> str:
 def model_arch(setup: RunSetup) -> dict[str, Any]:
     """What regl.modelio records with the global model."""
     p = setup.params
-    return {"name": p.model, "channels": setup.channels, "num_classes": setup.num_classes,
+    arch = {"name": p.model, "channels": setup.channels, "num_classes": setup.num_classes,
             "image_size": setup.image_size, "algorithm": p.algorithm}
+    if projection_dim(p):  # MOON's network: regl.modelio rebuilds its projection head from this
+        arch["projection"] = projection_dim(p)
+    return arch

@@ -28,11 +28,14 @@ class FedOptParams(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
+    v_init: Literal["tau_squared", "zero"] = "tau_squared"  # Reddi et al.: v starts at τ²; Flower: at 0
+    bias_correction: bool = False  # fedadam only: Adam's bias correction of η, as Flower's FedAdam does
 
 
 class MoonParams(Section):
-    mu: float = Field(5.0, ge=0)
+    mu: float = Field(0.1, ge=0)
     temperature: float = Field(0.5, gt=0)
+    projection_dim: int = Field(256, ge=1)  # output width of MOON's projection head (the paper's code: 256)
 
 
 class FlowerParams(Section):
@@ -62,6 +65,8 @@ class TrainParams(SGDParams):
     seed: int = Field(0, ge=0)
     device: Device = "auto"
     engine: Literal["local", "flower"] = "local"
+    # aggregation weight n_i of each client, for every algorithm: samples (real + synthetic images) | real | uniform
+    weighting: Literal["samples", "real", "uniform"] = "real"
     fedprox: FedProxParams = FedProxParams()
     scaffold: ScaffoldParams = ScaffoldParams()
     fedavgm: FedAvgMParams = FedAvgMParams()
