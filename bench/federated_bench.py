@@ -16,10 +16,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from regl.federated.params import TrainParams
-from regl.federated.run import load_clients, make_federation, model_factory
+from regl.client_data import load_client
+from regl.federated.engine import InProcessClients
+from regl.federated.registry import build_algorithm
+from regl.federated.train import RunSetup, make_federation
+from regl.federated.train_params import TrainParams
 from regl.params import load_experiment
-from regl.training import SGDConfig, train_epochs
+from regl.training import train_epochs
 
 
 def main() -> None:
@@ -31,16 +34,17 @@ def main() -> None:
 
     exp = load_experiment(args.params)
     p = TrainParams(algorithm=args.algorithm, client_fraction=1.0, local_epochs=1)
-    clients = load_clients(exp.clients, Path("data/clients"), Path("data/synthetic"), False, channels=1)
+    clients = [load_client(c, Path("data/clients"), Path("data/synthetic"), False, channels=1) for c in exp.clients]
     size = clients[0].x.shape[-1]
-    factory = model_factory(p, 1, 10, size)
+    setup = RunSetup(p, exp.clients, 1, 10, size)
+    factory = setup.model_factory()
     x = torch.cat([c.x for c in clients])
     y = torch.cat([c.y for c in clients])
     print(f"{len(clients)} clients, {len(y)} images of {size} px, batch {p.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
 
-    fed = make_federation(p, clients, factory, torch.device("cpu"))
-    sgd = SGDConfig(1, p.batch_size, p.lr, p.momentum, p.weight_decay)
+    algorithm = build_algorithm(p)
+    fed = make_federation(setup, algorithm, InProcessClients(clients, factory(), algorithm, p), torch.device("cpu"))
     process = psutil.Process()
     fed_times, central_times, rss = [], [], []
     for r in range(args.rounds):  # interleaved, so both see the same machine load
@@ -50,7 +54,7 @@ def main() -> None:
         rss.append(process.memory_info().rss / 2**20)
         model = factory()
         start = time.perf_counter()
-        train_epochs(model, x, y, sgd, 0, "central", r)
+        train_epochs(model, x, y, p, 1, 0, "central", r)
         central_times.append(time.perf_counter() - start)
 
     f, c = statistics.median(fed_times), statistics.median(central_times)

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from regl.generator.base import load_pipeline
-from regl.generator.lora import finetune
-from regl.generator.params import FinetuneParams, GenerateParams, GeneratorParams
+from regl.generator.lora import FinetuneParams, finetune
+from regl.generator.pretrain import GeneratorParams
 from regl.generator.quality import client_quality
-from regl.generator.sample import generate, per_class
+from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import to_data
 from regl.images import encode_many
 from regl.naming import client_name
 from regl.params import DEFAULT_PARAMS, load_section
-from regl.reference import load_reference
+from regl.reference_classifier import load_reference
 from regl.shards import Shard, read_shard
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -75,7 +75,7 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
         own = np.isin(labels, np.flatnonzero(real.class_counts() > 0))
         vanilla = to_data(generate(pipe, [p for p, o in zip(prompts, own) if o], latents[own], sample), size, ch)
         start = time.perf_counter()
-        finetune(pipe, pixels, real.labels, names, cfg, c)
+        finetune(pipe, pixels, real.labels, names, cfg, GenerateParams(), c)
         times.append(time.perf_counter() - start)
         adapted = to_data(generate(pipe, prompts, latents, sample, scale), size, ch)
         q, _ = client_quality(model, real, as_shard(adapted, labels, names), as_shard(vanilla, labels[own], names))

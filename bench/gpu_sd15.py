@@ -26,9 +26,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, checkpoint_manifest, load_pipeline
-from regl.generator.lora import finetune, load_lora, save_lora
-from regl.generator.params import FinetuneParams, GenerateParams
-from regl.generator.sample import generate, per_class
+from regl.generator.lora import FinetuneParams, finetune, load_lora, save_lora
+from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import to_data
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -86,7 +85,7 @@ def main() -> None:
     pixels = gen.integers(0, 256, size=(args.images, 28, 28, 1), dtype=np.uint8)
     labels = np.array([0, 3] * (args.images // 2))
     cfg = FinetuneParams(steps=args.steps, batch_size=args.batch)
-    stats, secs, peak = timed(lambda: finetune(pipe, pixels, labels, CLASSES, cfg, client=0))
+    stats, secs, peak = timed(lambda: finetune(pipe, pixels, labels, CLASSES, cfg, GenerateParams(), client=0))
     result["finetune"] = {**stats, "batch": args.batch, "seconds": round(secs, 1),
                           "seconds_per_step": round(secs / args.steps, 3), "peak_gib": round(peak, 1)}
     print("finetune:", result["finetune"], flush=True)

@@ -1,7 +1,8 @@
 """Stage `finetune_lora@<id>`: fine-tune a LoRA adapter on the base generator's U-Net with one client's images.
 
 Writes models/lora/client_<id>/ (pytorch_lora_weights.safetensors, loadable with `load_lora_weights`, and
-training.json with a few training figures).
+training.json with a few training figures). Reads `finetune.*`, and `generate.{scheduler,steps,batch_size}`
+for the prior images when `finetune.prior_images_per_class` > 0.
 """
 
 import json
@@ -11,9 +12,9 @@ import typer
 
 from regl.atomic import atomic_dir
 from regl.generator.base import load_pipeline
-from regl.generator.lora import finetune, save_lora
-from regl.generator.params import FinetuneParams
-from regl.naming import client_name
+from regl.generator.lora import FinetuneParams, finetune, save_lora
+from regl.generator.sample import GenerateParams
+from regl.naming import client_file, client_name
 from regl.params import load_section
 from regl.shards import read_shard
 from regl.stage import stage
@@ -31,12 +32,13 @@ def main(
 ) -> None:
     with stage("finetune_lora") as log:
         p = load_section(params, "finetune", FinetuneParams)
-        shard = read_shard(clients / f"{client_name(client)}.parquet")
+        sampler = load_section(params, "generate", GenerateParams)
+        shard = read_shard(client_file(clients, client))
         pipe = load_pipeline(generator)
         log.info("client %d: %d images of %d class(es), LoRA r=%d on %s, %d steps on %s", client, len(shard),
                  int((shard.class_counts() > 0).sum()), p.rank, ",".join(p.target_modules), p.steps,
                  pipe.unet.device)
-        info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, p, client)
+        info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, p, sampler, client)
         log.info("client %d: final loss %.4f, %d trainable parameters", client, info["final_loss"],
                  info["trainable_params"])
         with atomic_dir(out / client_name(client)) as tmp:

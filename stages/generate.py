@@ -8,36 +8,18 @@ plots/generator/client_<id>.png (real / vanilla / adapted, one row per class).
 
 from pathlib import Path
 
-import numpy as np
 import typer
 
 from regl.generator.base import load_pipeline
+from regl.generator.generate import GenerateParams, synthesize
 from regl.generator.grid import sample_grid
-from regl.generator.lora import load_lora
-from regl.generator.params import GenerateParams
-from regl.generator.sample import generate, per_class
-from regl.generator.space import to_data
-from regl.images import encode_many
-from regl.naming import client_name
+from regl.naming import client_file, client_name
 from regl.params import load_section
 from regl.plots import save_figure
-from regl.shards import Shard, read_shard, write_shard
+from regl.shards import read_shard, write_shard
 from regl.stage import stage
 
 app = typer.Typer(add_completion=False)
-
-
-def synthetic_shard(pixels: np.ndarray, labels: np.ndarray, prompts: list[str], class_names: list[str],
-                    client: int, kind: str, scale: float) -> Shard:
-    within = np.zeros(len(labels), np.int64)  # running index of each image within its class
-    for k in np.unique(labels):
-        rows = np.flatnonzero(labels == k)
-        within[rows] = np.arange(len(rows))
-    ids = [f"{client_name(client)}/{kind}/{class_names[k]}/{j}" for k, j in zip(labels, within)]
-    return Shard(images=encode_many(pixels), labels=labels, class_names=class_names,
-                 columns={"source": ["synthetic"] * len(labels), "id": ids, "client": [client] * len(labels),
-                          "prompt": prompts},
-                 meta={"client": client, "split": kind, "lora_scale": scale})
 
 
 @app.command()
@@ -53,34 +35,13 @@ def main(
 ) -> None:
     with stage("generate") as log:
         g = load_section(params, "generate", GenerateParams)
-        name = client_name(client)
-        real = read_shard(clients / f"{name}.parquet")
-        names, held = real.class_names, real.class_counts() > 0
-        pixels = real.pixels()
-        size, channels = pixels.shape[1], pixels.shape[3]
-        pipe = load_pipeline(generator)
-        k = len(names)
-        prompts, latents, labels = per_class(pipe, g.prompt, names, [g.images_per_class] * k, g.seed, "generate",
-                                             client)
-        # Vanilla images reuse the adapted images' noise (same seeds), so the two differ by the LoRA alone.
-        first = {c: np.flatnonzero(labels == c) for c in range(k)}
-        keep = np.concatenate([first[c] if held[c] else first[c][:1] for c in range(k)])
-        vanilla = to_data(generate(pipe, [prompts[i] for i in keep], latents[keep], g, desc="vanilla"),
-                          size, channels)
-        load_lora(pipe, lora / name)
-        adapted = to_data(generate(pipe, prompts, latents, g, g.lora_scale, desc="adapted"), size, channels)
-        log.info("client %d: %d adapted and %d vanilla images at %d px", client, len(adapted), len(vanilla), size)
-
-        rows = []
-        for c in range(k):
-            real_row = np.flatnonzero(real.labels == c)
-            rows.append((names[c], pixels[real_row[0]] if len(real_row) else None,
-                         vanilla[np.flatnonzero(labels[keep] == c)[0]], adapted[first[c][0]]))
-        write_shard(out / f"{name}.parquet", synthetic_shard(adapted, labels, prompts, names, client, "synthetic",
-                                                             g.lora_scale))
-        write_shard(vanilla_out / f"{name}.parquet", synthetic_shard(vanilla, labels[keep], [prompts[i] for i in keep],
-                                                                     names, client, "vanilla", 0.0))
-        save_figure(sample_grid(rows, f"{name}: {g.prompt}", g.lora_scale), grids / f"{name}.png")
+        real = read_shard(client_file(clients, client))
+        result = synthesize(load_pipeline(generator), real, lora / client_name(client), g, client)
+        log.info("client %d: %d adapted and %d vanilla images", client, len(result.adapted), len(result.vanilla))
+        write_shard(client_file(out, client), result.adapted)
+        write_shard(client_file(vanilla_out, client), result.vanilla)
+        save_figure(sample_grid(result.grid, f"{client_name(client)}: {g.prompt}", g.lora_scale),
+                    client_file(grids, client, ".png"))
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ Writes metrics/generator.json: totals first, then one entry per client.
 
 from pathlib import Path
 
-import numpy as np
 import typer
 
-from regl.generator.quality import client_quality
-from regl.naming import client_name
+from regl.generator.quality import client_quality, quality_report
+from regl.naming import client_file, client_name
 from regl.params import load_experiment
-from regl.reference import load_reference
-from regl.shards import read_class_names, read_shard
+from regl.reference_classifier import load_reference
+from regl.shards import read_shard
 from regl.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
@@ -30,33 +29,19 @@ def main(
 ) -> None:
     with stage("generator_quality") as log:
         exp = load_experiment(params)
-        model, _ = load_reference(reference)
-        per_client, per_class_hits = {}, []
+        model, config = load_reference(reference)
+        per_client, per_class = {}, []
         for c in exp.clients:
-            name = client_name(c)
-            q, per_class = client_quality(model, read_shard(clients / f"{name}.parquet"),
-                                          read_shard(synthetic / f"{name}.parquet"),
-                                          read_shard(vanilla / f"{name}.parquet"))
-            per_client[name] = q
-            per_class_hits.append(per_class)
-            log.info("%s: classifiability %.3f, Fréchet vanilla %.1f -> adapted %.1f", name, q["classifiability"],
-                     q["frechet_vanilla"], q["frechet_adapted"])
-        total = sum(q["synthetic_images"] for q in per_client.values())
-        correct = sum(q["correct"] for q in per_client.values())
-        closer = sum(q["adapted_closer"] for q in per_client.values())
-        names = read_class_names(synthetic / f"{client_name(exp.clients[0])}.parquet")
-        class_acc = np.mean(per_class_hits, axis=0)
-        write_json(metrics, {
-            "classifiability": round(correct / total, 4),
-            "clients_adapted_closer": closer,
-            "clients": len(per_client),
-            "frechet_vanilla_mean": round(float(np.mean([q["frechet_vanilla"] for q in per_client.values()])), 3),
-            "frechet_adapted_mean": round(float(np.mean([q["frechet_adapted"] for q in per_client.values()])), 3),
-            "classifiability_per_class": {n: round(float(a), 4) for n, a in zip(names, class_acc)},
-            "per_client": per_client,
-        })
-        log.info("classifiability %.3f; adapted closer than vanilla for %d of %d clients", correct / total, closer,
-                 len(per_client))
+            q, hits = client_quality(model, read_shard(client_file(clients, c)), read_shard(client_file(synthetic, c)),
+                                     read_shard(client_file(vanilla, c)))
+            per_client[client_name(c)] = q
+            per_class.append(hits)
+            log.info("%s: classifiability %.3f, Fréchet vanilla %.1f -> adapted %.1f", client_name(c),
+                     q["classifiability"], q["frechet_vanilla"], q["frechet_adapted"])
+        report = quality_report(per_client, per_class, config["class_names"])
+        write_json(metrics, report)
+        log.info("classifiability %.3f; adapted closer than vanilla for %d of %d clients", report["classifiability"],
+                 report["clients_adapted_closer"], report["clients"])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from regl.atomic import atomic_dir
-from regl.naming import client_name
+from regl.naming import client_file, client_name
 from regl.params import load_experiment, load_section
 from regl.partition import PartitionParams, local_test_view, split_clients, summary
 from regl.plots import count_heatmap, save_figure
@@ -53,10 +53,10 @@ def main(
         counts = np.stack([s.class_counts() for s in shards])
         with atomic_dir(clients_out) as tmp:
             for client, shard in zip(exp.clients, shards):
-                write_shard(tmp / f"{client_name(client)}.parquet", shard)
+                write_shard(client_file(tmp, client), shard)
         with atomic_dir(local_test_out) as tmp:
             for client, view in zip(exp.clients, views):
-                write_shard(tmp / f"{client_name(client)}.parquet", view)
+                write_shard(client_file(tmp, client), view)
         write_json(metrics, summary(exp.clients, counts, [len(v) for v in views], names, p.scheme, exp.beta,
                                     result.tries))
         title = f"{p.scheme} label split" + (f", beta = {exp.beta:g}" if p.scheme == "dirichlet" else "")

@@ -12,8 +12,7 @@ import typer
 
 from regl.atomic import atomic_dir
 from regl.generator.base import MANIFEST, checkpoint_manifest
-from regl.generator.params import GeneratorParams
-from regl.generator.pretrain import pretrain_tiny
+from regl.generator.pretrain import GeneratorParams, pretrain_tiny
 from regl.generator.tinysd import write_vocabulary_files
 from regl.params import load_section
 from regl.shards import read_shard

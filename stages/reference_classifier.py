@@ -9,12 +9,12 @@ from pathlib import Path
 import typer
 
 from regl.atomic import atomic_dir
+from regl.evaluation import evaluate
 from regl.params import load_section
-from regl.reference import ReferenceClassifierParams, save_reference, train_reference
+from regl.reference_classifier import ReferenceClassifierParams, save_reference, train_reference
 from regl.shards import read_shard
 from regl.stage import stage, write_json
 from regl.tensors import shard_tensors
-from regl.training import SGDConfig, evaluate
 
 app = typer.Typer(add_completion=False)
 
@@ -29,9 +29,7 @@ def main(
     with stage("reference_classifier") as log:
         p = load_section(params, "reference_classifier", ReferenceClassifierParams)
         train, test = read_shard(prepared / "train.parquet"), read_shard(prepared / "test.parquet")
-        cfg = SGDConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, momentum=p.momentum,
-                        weight_decay=p.weight_decay)
-        model, config = train_reference(train, p.model, cfg, p.seed)
+        model, config = train_reference(train, p)
         result = evaluate(model, *shard_tensors(test))
         log.info("%s on %d real training images: test accuracy %.3f", p.model, len(train), result["accuracy"])
         with atomic_dir(out) as tmp:

@@ -8,13 +8,12 @@ from regl.checkpoint import Checkpoint
 from regl.client_data import ClientData
 from regl.federated.algorithm import ClientResult
 from regl.federated.algorithms import FedOpt
-from regl.federated.engine import Federation, select_clients
-from regl.federated.params import TrainParams
+from regl.federated.engine import Federation, InProcessClients, select_clients
 from regl.federated.registry import build_algorithm
-from regl.federated.run import train
+from regl.federated.train import train
+from regl.federated.train_params import TrainParams
 from regl.models import build_model
 from regl.seeding import derive_seed
-from regl.training import SGDConfig
 
 
 def make_clients(sizes, seed=0):
@@ -34,9 +33,11 @@ def factory():
 
 
 def federation(algorithm="fedavg", sizes=(40, 24, 56), momentum=0.9, fraction=1.0, **sub):
-    p = TrainParams(algorithm=algorithm, momentum=momentum, **sub)
-    sgd = SGDConfig(epochs=1, batch_size=16, lr=0.05, momentum=momentum, weight_decay=1e-4)
-    return Federation(factory, build_algorithm(p), make_clients(sizes), sgd, fraction, seed=3)
+    p = TrainParams(algorithm=algorithm, momentum=momentum, local_epochs=1, batch_size=16, lr=0.05, weight_decay=1e-4,
+                    seed=3, **sub)
+    algo, clients = build_algorithm(p), make_clients(sizes)
+    runner = InProcessClients(clients, factory(), algo, p)
+    return Federation(factory(), algo, runner, [c.client for c in clients], fraction, seed=3)
 
 
 def run(fed, rounds):
@@ -89,12 +90,12 @@ def test_scaffold_first_round_is_fedavg_with_equal_clients():
     assert_same(run(fed, 1), run(federation("fedavg", sizes), 1))
     # afterwards the control variates are nonzero, so round two differs
     assert any(c.abs().sum() > 0 for c in fed.algorithm.server_state["c"])
-    assert any(c.abs().sum() > 0 for c in fed.client_states[0]["c_i"])
+    assert any(c.abs().sum() > 0 for c in fed.runner.client_states[0]["c_i"])
     assert not torch.equal(run(fed, 1)[0], run(federation("fedavg", sizes), 2)[0])
 
 
 def hand_fedopt(kind, x, ys, ns, rounds, lr=0.1, b1=0.9, b2=0.99, tau=1e-3):
-    """DESIGN §5 written out in numpy, the same clients' weights every round."""
+    """docs/algorithms.md written out in numpy, the same clients' weights every round."""
     m = np.zeros_like(x)
     v = np.zeros_like(x)
     p = np.asarray(ns, float) / sum(ns)

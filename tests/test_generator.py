@@ -17,9 +17,8 @@ from typer.testing import CliRunner
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, load_pipeline
-from regl.generator.lora import finetune, load_lora, save_lora
-from regl.generator.params import FinetuneParams, GenerateParams
-from regl.generator.sample import generate, per_class
+from regl.generator.lora import FinetuneParams, finetune, load_lora, save_lora
+from regl.generator.sample import GenerateParams, generate, per_class
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FAST_LORA = FinetuneParams(steps=3, batch_size=4, lr=1e-2)
@@ -80,7 +79,7 @@ def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):
     vanilla = generate(pipe, prompts, latents, FAST_SAMPLE)
 
     pixels, labels = client_images()
-    finetune(pipe, pixels, labels, CLASSES, FAST_LORA, client=7)
+    finetune(pipe, pixels, labels, CLASSES, FAST_LORA, GenerateParams(), client=7)
     trained = generate(pipe, prompts, latents, FAST_SAMPLE, lora_scale=0.8)
     save_lora(pipe, tmp_path / "lora")
 

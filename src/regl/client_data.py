@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from regl.errors import ReglError
-from regl.naming import client_name
+from regl.naming import client_file
 from regl.shards import read_shard
 from regl.tensors import shard_tensors
 
@@ -29,12 +29,12 @@ def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, syn
     synthetic data, for the error message."""
     files = []
     for cid in clients:
-        real = clients_dir / f"{client_name(cid)}.parquet"
+        real = client_file(clients_dir, cid)
         if not real.is_file():
             raise ReglError(f"{real}: client shard missing; run the partition stage (dvc repro partition)")
         files.append(real)
         if synthetic:
-            syn = synthetic_dir / f"{client_name(cid)}.parquet"
+            syn = client_file(synthetic_dir, cid)
             if not syn.is_file():
                 raise ReglError(f"params.yaml: {key} = true but {syn} is missing; run the generate stages "
                                 f"(dvc repro) or set {key}=false")
@@ -45,11 +45,11 @@ def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, syn
 def load_client(cid: int, clients_dir: Path, synthetic_dir: Path, synthetic: bool, channels: int,
                 only_held_classes: bool = False) -> ClientData:
     """Real images, then (if ``synthetic``) synthetic ones - all classes, or only those the client holds."""
-    real = read_shard(clients_dir / f"{client_name(cid)}.parquet")
+    real = read_shard(client_file(clients_dir, cid))
     x, y = shard_tensors(real, channels)
     if not synthetic:
         return ClientData(cid, x, y, len(y))
-    syn = read_shard(synthetic_dir / f"{client_name(cid)}.parquet")
+    syn = read_shard(client_file(synthetic_dir, cid))
     if only_held_classes:
         syn = syn.take(np.flatnonzero(np.isin(syn.labels, np.flatnonzero(real.class_counts()))))
     xs, ys = shard_tensors(syn, channels)

@@ -43,7 +43,7 @@ class PartitionResult:
 
 def dirichlet(labels: np.ndarray, num_clients: int, beta: float, min_size: int, max_tries: int,
               rng: np.random.Generator, num_classes: int | None = None) -> PartitionResult:
-    """NIID-Bench's Dirichlet split (DESIGN §5).
+    """NIID-Bench's Dirichlet split (docs/stages.md, "partition").
 
     For each class in order: draw p ~ Dir(beta), zero the share of clients already holding >= N/M samples,
     renormalise, cut the class's shuffled indices at the cumulative proportions. Redraw the whole split until

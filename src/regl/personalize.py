@@ -1,6 +1,6 @@
-"""Local personalization (the method's local task): each client fine-tunes the global model on its own real
-images plus the synthetic images of the classes it holds, and is scored on its local test view before and
-after, and per class on the global test set (which classes the local update keeps or forgets)."""
+"""Local personalization (stage personalize, the method's local task): each client fine-tunes the global model
+on its own real images plus the synthetic images of the classes it holds, and is scored on its local test view
+before and after, and per class on the global test set (which classes the local update keeps or forgets)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ from pydantic import Field
 from torch import nn
 
 from regl.client_data import ClientData
-from regl.evaluation import confusion_matrix, per_class_accuracy
-from regl.params import Device, Section
-from regl.training import SGDConfig, predict, train_epochs
+from regl.evaluation import accuracy, class_accuracy, predicted_classes, rounded
+from regl.params import Device
+from regl.training import SGDParams, train_epochs
 
 
-class PersonalizeParams(Section):
+class PersonalizeParams(SGDParams):
     epochs: int = Field(5, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
     synthetic: bool = False
     seed: int = Field(0, ge=0)
     device: Device = "auto"
@@ -38,15 +34,8 @@ class Personalized:
     class_accuracy_after: np.ndarray
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
-    if len(y) == 0:
-        return float("nan")
-    return (predict(model, x, device=device).argmax(1) == y).float().mean().item()
-
-
-def _class_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, device) -> np.ndarray:
-    predicted = predict(model, x, device=device).argmax(1).numpy()
-    return per_class_accuracy(confusion_matrix(y.numpy(), predicted, num_classes))
+def _local_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
+    return accuracy(y.numpy(), predicted_classes(model, x, device)) if len(y) else float("nan")
 
 
 def personalize(global_model: nn.Module, data: ClientData, local_test: tuple[torch.Tensor, torch.Tensor],
@@ -55,11 +44,45 @@ def personalize(global_model: nn.Module, data: ClientData, local_test: tuple[tor
     """Fine-tune a copy of ``global_model`` on ``data`` for ``p.epochs`` epochs (batch order keyed by the
     personalize seed and the client). ``before_classes``: the global model's per-class accuracy, if known."""
     model = copy.deepcopy(global_model).to(device)
-    before = _accuracy(model, *local_test, device)
+    x_test, y_test = global_test
+    before = _local_accuracy(model, *local_test, device)
     if before_classes is None:
-        before_classes = _class_accuracy(model, *global_test, num_classes, device)
-    sgd = SGDConfig(p.epochs, p.batch_size, p.lr, p.momentum, p.weight_decay)
+        before_classes = class_accuracy(y_test.numpy(), predicted_classes(model, x_test, device), num_classes)
     if p.epochs:
-        train_epochs(model, data.x, data.y, sgd, p.seed, "personalize", data.client, device=device)
-    return Personalized(model, before, _accuracy(model, *local_test, device), before_classes,
-                        _class_accuracy(model, *global_test, num_classes, device))
+        train_epochs(model, data.x, data.y, p, p.epochs, p.seed, "personalize", data.client, device=device)
+    after_classes = class_accuracy(y_test.numpy(), predicted_classes(model, x_test, device), num_classes)
+    return Personalized(model, before, _local_accuracy(model, *local_test, device), before_classes, after_classes)
+
+
+def client_metrics(data: ClientData, local_test_size: int, result: Personalized, class_names: list[str]) -> dict:
+    """One client's entry in metrics/personalize.json."""
+    return {
+        "real": data.num_real,
+        "synthetic": data.num_synthetic,
+        "local_test": local_test_size,
+        "classes_held": [class_names[k] for k in np.unique(data.y[: data.num_real].numpy())],
+        "accuracy_before": rounded(result.accuracy_before),
+        "accuracy_after": rounded(result.accuracy_after),
+        "class_accuracy_before": {n: rounded(v) for n, v in zip(class_names, result.class_accuracy_before)},
+        "class_accuracy_after": {n: rounded(v) for n, v in zip(class_names, result.class_accuracy_after)},
+    }
+
+
+def reported(values: np.ndarray) -> np.ndarray:
+    """Per-class accuracies as metrics/personalize.json reports them (6 digits), so the figures show exactly
+    the reported figures."""
+    return np.array([np.nan if np.isnan(v) else rounded(v) for v in values])
+
+
+def summary(p: PersonalizeParams, per_client: dict[str, dict]) -> dict:
+    """metrics/personalize.json: headline figures first, then one entry per client."""
+    after = [c["accuracy_after"] for c in per_client.values() if c["accuracy_after"] is not None]
+    before = [c["accuracy_before"] for c in per_client.values() if c["accuracy_before"] is not None]
+    return {
+        "epochs": p.epochs,
+        "synthetic": p.synthetic,
+        "accuracy_before_mean": rounded(np.mean(before)),
+        "accuracy_after_mean": rounded(np.mean(after)),
+        "accuracy_after_std": rounded(np.std(after)),
+        "per_client": per_client,
+    }

@@ -1,4 +1,4 @@
-"""The one Parquet reader/writer for image shards (DESIGN §4).
+"""The one Parquet reader/writer for image shards (docs/data-formats.md).
 
 Columns: ``image`` (struct of PNG ``bytes`` and ``path``, the layout of the Hugging Face ``Image`` feature),
 ``label`` (int64), ``source`` (``real``/``synthetic``), ``id`` (provenance of each image) and any extra
@@ -151,30 +151,40 @@ def _check_columns(path: Path, schema: pa.Schema) -> None:
                         f"{_REWRITE}")
 
 
-def read_shard(path: str | Path) -> Shard:
-    """Read a shard written by :func:`write_shard`; anything else is a one-line :class:`ReglError`."""
-    path = Path(path)
+def _read(path: Path, read, **kwargs):
+    """``read(path, **kwargs)`` (a pyarrow reader) with a missing or unreadable file as one line."""
     if not path.is_file():
         raise _missing(path)
     try:
-        table = pq.read_table(path)
+        return read(path, **kwargs)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ReglError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
-                        f"{_REWRITE}") from None
+        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ReglError(f"{path}: not a readable Parquet file ({detail}); {_REWRITE}") from None
+
+
+def _labels(path: Path, label: pa.ChunkedArray, num_classes: int) -> np.ndarray:
+    """The label column as int64 class indices, checked: no nulls, every one below ``num_classes``."""
+    if label.null_count:
+        row = label.to_pylist().index(None)
+        raise ReglError(f"{path}: row {row}: label is null; every image needs a class index; {_REWRITE}")
+    labels = label.to_numpy().astype(np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ReglError(f"{path}: row {bad[0]}: label {labels[bad[0]]} is not a class index 0..{num_classes - 1} "
+                        f"of its {num_classes} class names; {_REWRITE}")
+    return labels
+
+
+def read_shard(path: str | Path) -> Shard:
+    """Read a shard written by :func:`write_shard`; anything else is a one-line :class:`ReglError`."""
+    path = Path(path)
+    table = _read(path, pq.read_table)
     info = _shard_info(path, table.schema)
     _check_columns(path, table.schema)
     class_names = info.pop("class_names")
     image = table.column("image").combine_chunks()
     images = (image.field("bytes") if pa.types.is_struct(image.type) else image).to_pylist()
-    label = table.column("label")
-    if label.null_count:
-        row = label.to_pylist().index(None)
-        raise ReglError(f"{path}: row {row}: label is null; every image needs a class index; {_REWRITE}")
-    labels = label.to_numpy().astype(np.int64)
-    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
-    if bad.size:
-        raise ReglError(f"{path}: row {bad[0]}: label {labels[bad[0]]} is not a class index 0..{len(class_names) - 1} "
-                        f"of its {len(class_names)} class names; {_REWRITE}")
+    labels = _labels(path, table.column("label"), len(class_names))
     columns = {n: table.column(n).to_pylist() for n in table.column_names if n not in ("image", "label")}
     return Shard(images=images, labels=labels, class_names=class_names, columns=columns, meta=info,
                  origin=str(path))
@@ -183,10 +193,14 @@ def read_shard(path: str | Path) -> Shard:
 def read_class_names(path: str | Path) -> list[str]:
     """The class names of a shard, from its metadata alone (no image data read)."""
     path = Path(path)
-    if not path.is_file():
-        raise _missing(path)
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ReglError(f"{path}: not a readable Parquet file ({exc}); {_REWRITE}") from None
-    return _shard_info(path, schema)["class_names"]
+    return _shard_info(path, _read(path, pq.read_schema))["class_names"]
+
+
+def read_class_counts(path: str | Path) -> np.ndarray:
+    """Images per class of a shard, from its label column and metadata alone (no image bytes read)."""
+    path = Path(path)
+    schema = _read(path, pq.read_schema)
+    names = _shard_info(path, schema)["class_names"]
+    _check_columns(path, schema)
+    labels = _labels(path, _read(path, pq.read_table, columns=["label"]).column("label"), len(names))
+    return np.bincount(labels, minlength=len(names))

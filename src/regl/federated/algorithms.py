@@ -1,6 +1,6 @@
 """FedProx, FedAvgM, FedOpt (FedAdam, FedYogi, FedAdagrad) and FedNova: FedAvg with one hook changed each.
 
-The rules are DESIGN §5's; SCAFFOLD and MOON, which keep per-client state, have their own modules.
+The rules are those of docs/algorithms.md; SCAFFOLD and MOON, which keep per-client state, have their own modules.
 """
 
 from __future__ import annotations

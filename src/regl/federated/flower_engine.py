@@ -1,10 +1,10 @@
 """`train.engine: flower`: the same Federation round, with the client updates running in Flower ClientApps.
 
-Nothing about an algorithm is written twice. The ServerApp runs ``run_training`` (selection keyed by
-(seed, round), the algorithm's ``broadcast`` and ``aggregate``, evaluation, outputs); ``FlowerFederation``
-only replaces ``client_updates``: it sends the global weights and the broadcast to the selected clients' nodes
-and turns the replies back into ``ClientResult``s. The ClientApp runs ``engine.local_update``, the local
-engine's function, and keeps the algorithm's per-client state (SCAFFOLD's c_i, MOON's previous model) in
+Nothing about an algorithm is written twice. The ServerApp runs the stage's training (selection keyed by
+(seed, round), the algorithm's ``broadcast`` and ``aggregate``, evaluation, outputs) with ``FlowerClients`` as
+the federation's client runner: it sends the global weights and the broadcast to the selected clients' nodes
+and turns the replies back into ``ClientResult``s. The ClientApp runs ``engine.local_update``, the in-process
+runner's function, and keeps the algorithm's per-client state (SCAFFOLD's c_i, MOON's previous model) in
 the node's ``Context.state``, where Flower keeps client state between rounds.
 
 A node serves the client named by its node config ``client-id`` (a SuperNode started with
@@ -18,19 +18,20 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from regl.client_data import ClientData, load_client
+from regl.device import resolve_device
 from regl.errors import ReglError
-from regl.federated.algorithm import Algorithm, ClientResult
-from regl.federated.engine import Federation, local_update
+from regl.federated.algorithm import ClientResult
+from regl.federated.engine import local_update
 from regl.federated.registry import build_algorithm
-from regl.federated.run import RunSetup, TrainPaths, model_factory, run_training, sgd_config
+from regl.federated.train import RunSetup
+from regl.federated.train_params import FlowerParams
 from regl.federated.weights import Weights
-from regl.training import resolve_device
 
 INSTALL = "pip install 'regl[flower]'"
 try:
@@ -74,17 +75,16 @@ def _unpack(content: RecordDict, prefix: str, device: torch.device | str) -> dic
 
 
 # --- server side -------------------------------------------------------------------------------------------
-class FlowerFederation(Federation):
-    """The federation seen from a ServerApp: the clients are Flower nodes, reached through ``grid``."""
+class FlowerClients:
+    """The client runner of a ServerApp: the clients are Flower nodes, reached through ``grid``. Nodes that hold
+    no shard paths of their own read the server's ``clients_dir`` / ``synthetic_dir``."""
 
-    def __init__(self, grid: Grid, setup: RunSetup, factory, algorithm: Algorithm, device: torch.device,
-                 paths: TrainPaths, wait_s: float = 300.0):
-        p = setup.params
-        super().__init__(factory, algorithm, [], sgd_config(p), p.client_fraction, p.seed, device)
-        self.grid, self.client_ids = grid, sorted(setup.clients)
-        self.client_states = {}  # on the nodes (Context.state), not here
-        self.config = ConfigRecord({"setup": json.dumps(setup.to_json()), "clients-dir": str(paths.clients_dir),
-                                    "synthetic-dir": str(paths.synthetic_dir)})
+    def __init__(self, grid: Grid, setup: RunSetup, device: torch.device, clients_dir: Path, synthetic_dir: Path,
+                 wait_s: float = 300.0):
+        self.grid, self.device, self.round = grid, device, 0
+        self.client_ids = sorted(setup.clients)
+        self.config = ConfigRecord({"setup": json.dumps(setup.to_json()), "clients-dir": str(clients_dir),
+                                    "synthetic-dir": str(synthetic_dir)})
         self.nodes, self.counts = self._discover(wait_s)
 
     def _discover(self, wait_s: float) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
@@ -125,10 +125,18 @@ class FlowerFederation(Federation):
     def image_counts(self) -> tuple[int, int]:
         return (sum(self.counts[c][0] for c in self.client_ids), sum(self.counts[c][1] for c in self.client_ids))
 
-    def client_updates(self, selected: list[int], broadcast: dict[str, Any]) -> list[ClientResult]:
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # client state lives on the nodes (Context.state), out of the server's reach
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def train(self, selected: list[int], global_weights: Weights, broadcast: dict[str, Any],
+              round_index: int) -> list[ClientResult]:
+        self.round = round_index
         messages = []
         for cid in selected:
-            content = RecordDict({"weights": to_record(self.global_weights)})
+            content = RecordDict({"weights": to_record(global_weights)})
             none = _pack(content, "broadcast", broadcast)
             content["round"] = ConfigRecord({"round": self.round, "broadcast-none": json.dumps(none)})
             messages.append(self._message(self.nodes[cid], MessageType.TRAIN, content))
@@ -182,14 +190,14 @@ def _train(msg: Message, context: Context) -> Message:
     p = setup.params
     device = resolve_device(p.device)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    model = model_factory(p, setup.channels, setup.num_classes, setup.image_size)().to(device)
+    model = setup.model_factory()().to(device)
     content = msg.content
     round_config = content.config_records["round"]
     broadcast: dict[str, Any] = _unpack(content, "broadcast", device)
     broadcast.update({k: None for k in json.loads(str(round_config["broadcast-none"]))})
     state = _unpack(context.state, "state", device)
     result = local_update(model, build_algorithm(p), data, from_record(content.array_records["weights"], device),
-                          broadcast, state, sgd_config(p), p.seed, int(round_config["round"]), device)
+                          broadcast, state, p, int(round_config["round"]), device)
     for key in [k for k in context.state.array_records if k.startswith("state.")]:
         del context.state[key]
     _pack(context.state, "state", state)
@@ -202,19 +210,10 @@ def _train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-# --- runtimes ----------------------------------------------------------------------------------------------
-server_app = ServerApp()
-
-
-@server_app.main()
-def _deployed(grid: Grid, context: Context) -> None:
-    """`flwr run` against a SuperLink: the repository folder comes from run config ``workdir``."""
-    workdir = str(context.run_config.get("workdir", "")) or "."
-    run_training(TrainPaths().under(Path(workdir).expanduser().resolve()), grid)
-
-
-def simulate(paths: TrainPaths, p, clients: list[int]) -> None:
-    """Flower's simulation runtime on this machine: one virtual SuperNode per client, resources from params."""
+# --- runtime ----------------------------------------------------------------------------------------------
+def simulate(server_main: Callable[[Grid], None], num_clients: int, resources: FlowerParams) -> None:
+    """Flower's simulation runtime on this machine: a ServerApp whose body is ``server_main(grid)``, one virtual
+    SuperNode per client running ``client_app``, each given ``resources``."""
     try:
         import ray  # noqa: F401  (flwr[simulation])
         from flwr.simulation import run_simulation
@@ -225,8 +224,8 @@ def simulate(paths: TrainPaths, p, clients: list[int]) -> None:
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_training(paths, grid)
+        server_main(grid)
 
-    resources = {"num_cpus": p.flower.client_cpus, "num_gpus": p.flower.client_gpus}
-    run_simulation(app, client_app, num_supernodes=len(clients),
-                   backend_config={"client_resources": resources, "init_args": {"include_dashboard": False}})
+    client_resources = {"num_cpus": resources.client_cpus, "num_gpus": resources.client_gpus}
+    run_simulation(app, client_app, num_supernodes=num_clients,
+                   backend_config={"client_resources": client_resources, "init_args": {"include_dashboard": False}})

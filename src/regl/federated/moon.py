@@ -1,4 +1,4 @@
-"""MOON (Li et al., model-contrastive learning), DESIGN §5.
+"""MOON (Li et al., model-contrastive learning); docs/algorithms.md.
 
 loss = CE + μ · ℓ_con, ℓ_con = −log( e^{cos(z, z_glob)/τ} / (e^{cos(z, z_glob)/τ} + e^{cos(z, z_prev)/τ}) ),
 z = the local model's representation (``model.features``, the projection after the backbone), z_glob that of

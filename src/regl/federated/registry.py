@@ -5,8 +5,8 @@ from __future__ import annotations
 from regl.federated.algorithm import Algorithm
 from regl.federated.algorithms import FedAvgM, FedNova, FedOpt, FedProx
 from regl.federated.moon import Moon
-from regl.federated.params import TrainParams
 from regl.federated.scaffold import Scaffold
+from regl.federated.train_params import TrainParams
 
 
 def build_algorithm(p: TrainParams) -> Algorithm:

@@ -1,4 +1,4 @@
-"""SCAFFOLD, option II (Karimireddy et al.), DESIGN §5.
+"""SCAFFOLD, option II (Karimireddy et al.); docs/algorithms.md.
 
 Client i keeps c_i (zero at first); after every local step y ← y − η_l (c − c_i); after local training
 c_i⁺ = c_i − c + (x − y_i)/(K_i η_l). Server: x ← x + η_g · mean(y_i − x), c ← c + (|S|/N) · mean(c_i⁺ − c_i).

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 
+from regl.device import resolve_device
 from regl.errors import ReglError
 
 MANIFEST = "manifest.json"
@@ -42,15 +43,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_pipeline(folder: str | Path, dev: torch.device | None = None) -> StableDiffusionPipeline:
     """The base pipeline that ``folder``'s manifest names, on ``dev`` (fp16 on CUDA)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    dev = dev or device()
+    dev = dev or resolve_device("auto")
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     if manifest["kind"] == "tiny":
         source, revision = folder, None

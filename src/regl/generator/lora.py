@@ -3,7 +3,9 @@
 Freeze VAE, text encoder and U-Net; ``unet.add_adapter(LoraConfig(...))``; noise-prediction MSE on the client's
 own images captioned with ``caption``; optionally prior preservation (images the base model generated of the
 classes the client lacks, trained on alongside). Saved with ``save_lora_weights``, loaded with
-``load_lora_weights``. On CUDA it trains with fp16 mixed precision through accelerate.
+``load_lora_weights``. On CUDA it trains with fp16 mixed precision through accelerate. The prior images are
+generated with the `generate` section's sampler settings (scheduler, steps, batch size) at
+``finetune.prior_guidance_scale``.
 """
 
 from __future__ import annotations
@@ -20,41 +22,49 @@ from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from regl.errors import ReglError
-from regl.generator.params import FinetuneParams, GenerateParams
-from regl.generator.sample import generate, per_class
-from regl.generator.space import to_model
-from regl.generator.text import encode
+from regl.generator.sample import GenerateParams, generate, per_class
+from regl.generator.space import encode_moments, to_model
+from regl.generator.text import encode, has_class_slot
+from regl.params import Section
 from regl.seeding import derive_seed
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-@torch.no_grad()
-def _moments(pipe, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE posterior of every image, encoded once (the VAE is frozen); about 4 M pixels per batch, so that
-    512 px images go 16 at a time and tiny-sd's 32 px ones 256 at a time."""
-    dev, dtype = pipe.vae.device, pipe.vae.dtype
-    batch_size = max(1, min(256, 2**22 // (images.shape[-1] * images.shape[-2])))
-    means, stds = [], []
-    for i in range(0, len(images), batch_size):
-        post = pipe.vae.encode(images[i : i + batch_size].to(dev, dtype)).latent_dist
-        means.append(post.mean.float())
-        stds.append(post.std.float())
-    return torch.cat(means), torch.cat(stds)
+class FinetuneParams(Section):
+    """Stage finetune_lora: one LoRA per client on its real images."""
+
+    caption: str = "a photo of {class}"
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
+                                      min_length=1)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    steps: int = Field(150, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0, le=1)
+    empty_caption_share: float = Field(0.1, ge=0, lt=1)
+    prior_images_per_class: int = Field(0, ge=0)
+    prior_guidance_scale: float = Field(5.0, ge=0)
+    seed: int = Field(0, ge=0)
+
+    _caption = field_validator("caption")(classmethod(lambda cls, v: has_class_slot(v)))
 
 
-def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneParams,
+def prior_images(pipe, labels: np.ndarray, class_names: list[str], cfg: FinetuneParams, sampler: GenerateParams,
                  client: int) -> tuple[np.ndarray, np.ndarray]:
-    """Base-model images of the classes this client does not hold (prior preservation), before any adapter."""
+    """Base-model images of the classes this client does not hold (prior preservation), before any adapter,
+    with ``sampler``'s scheduler, steps and batch size at ``cfg.prior_guidance_scale``."""
     held = np.bincount(labels, minlength=len(class_names)) > 0
     counts = [0 if h else cfg.prior_images_per_class for h in held]
     prompts, latents, prior_labels = per_class(pipe, cfg.caption, class_names, counts, cfg.seed, "prior", client)
     if not prompts:
         return np.zeros((0,), np.float32), prior_labels
-    images = generate(pipe, prompts, latents, GenerateParams(guidance_scale=cfg.prior_guidance_scale), desc="prior")
+    settings = sampler.model_copy(update={"guidance_scale": cfg.prior_guidance_scale})
+    images = generate(pipe, prompts, latents, settings, desc="prior")
     return images, prior_labels
 
 
@@ -72,8 +82,9 @@ def add_lora(unet, cfg: FinetuneParams, client: int) -> None:
 
 
 def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
-             cfg: FinetuneParams, client: int) -> dict[str, float]:
-    """Add a LoRA adapter to ``pipe.unet`` and train it on this client's images; returns a few training figures."""
+             cfg: FinetuneParams, sampler: GenerateParams, client: int) -> dict[str, float]:
+    """Add a LoRA adapter to ``pipe.unet`` and train it on this client's images; returns a few training figures.
+    ``sampler``: the `generate` section, whose sampler settings make the prior images."""
     dev = pipe.unet.device
     accelerator = Accelerator(mixed_precision="fp16" if dev.type == "cuda" else "no", cpu=dev.type != "cuda")
     for part in (pipe.vae, pipe.text_encoder, pipe.unet):
@@ -82,12 +93,12 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
     images, targets = to_model(pixels, pipe), torch.tensor(np.asarray(labels, np.int64))
     prior_x = prior_y = None
     if cfg.prior_images_per_class > 0:
-        gen_images, prior_labels = prior_images(pipe, labels, class_names, cfg, client)
+        gen_images, prior_labels = prior_images(pipe, labels, class_names, cfg, sampler, client)
         if len(prior_labels):
             prior_x = torch.from_numpy(gen_images).permute(0, 3, 1, 2) * 2 - 1
             prior_y = torch.from_numpy(prior_labels)
-    mean, std = _moments(pipe, images)
-    prior_mean, prior_std = _moments(pipe, prior_x) if prior_x is not None else (None, None)
+    mean, std = encode_moments(pipe.vae, images)
+    prior_mean, prior_std = encode_moments(pipe.vae, prior_x) if prior_x is not None else (None, None)
     # one row per class, and a last row for the empty caption: trained on too, so that the unconditional
     # branch of classifier-free guidance moves with the adapter instead of being extrapolated away from it
     cond = encode(pipe, [cfg.caption.format(**{"class": c}) for c in class_names] + [""], dev).float()

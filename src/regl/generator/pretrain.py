@@ -8,20 +8,39 @@ Diffusion's VAE — it can represent both and the gap lives in the U-Net alone.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
+from pydantic import Field
 from tqdm import tqdm
 
 from regl.generator import tinysd
-from regl.generator.params import GeneratorParams
+from regl.generator.space import encode_moments
 from regl.generator.styles import apply_style
 from regl.generator.text import caption_ids
+from regl.params import Section
 from regl.seeding import derive_seed
 
 log = logging.getLogger("regl.pretrain_generator")
+
+
+class GeneratorParams(Section):
+    """Stage pretrain_generator: tiny-sd's pre-training, or the checkpoint to use instead."""
+
+    base: str = "tiny"
+    revision: str | None = None
+    public_style: Literal["none", "lowcontrast", "blur", "invert"] = "lowcontrast"
+    vae_steps: int = Field(200, ge=1)
+    unet_steps: int = Field(2500, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0, le=1)
+    ema_decay: float = Field(0.995, ge=0, lt=1)
+    empty_caption_share: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
+
 
 # Captions the pool is trained with; the generation prompt need not be one of them (the vocabulary covers
 # its words, and the class name is what the model must key on).
@@ -79,17 +98,6 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float,
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval()
-
-
-@torch.no_grad()
-def encode_moments(vae, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image (the U-Net then samples latents from them each step)."""
-    means, stds = [], []
-    for i in range(0, len(images), batch_size):
-        post = vae.encode(images[i : i + batch_size]).latent_dist
-        means.append(post.mean)
-        stds.append(post.std)
-    return torch.cat(means), torch.cat(stds)
 
 
 def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch.Tensor, labels: torch.Tensor,

@@ -1,4 +1,5 @@
-"""How good the synthetic images are: classifiability by the reference classifier, and the Fréchet distance
+"""Stage generator_quality's work: how good the synthetic images are: classifiability by the reference
+classifier, and the Fréchet distance
 between the reference classifier's penultimate features of a client's real images and of synthetic ones."""
 
 from __future__ import annotations
@@ -6,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from regl.evaluation import confusion_matrix, per_class_accuracy
+from regl.evaluation import accuracy, class_accuracy, embed, predicted_classes
 from regl.shards import Shard
 from regl.tensors import shard_tensors
-from regl.training import embed, predict
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:
@@ -39,24 +39,38 @@ def client_quality(model: torch.nn.Module, real: Shard, adapted: Shard,
     images' accuracy per class, from the same predictions."""
     own = np.flatnonzero(real.class_counts() > 0)
     x, y = shard_tensors(adapted)
-    predicted = predict(model, x).argmax(1)
-    correct = (predicted == y).numpy()
+    actual, predicted = y.numpy(), predicted_classes(model, x)
     own_rows = np.isin(adapted.labels, own)
     van = of_classes(vanilla, own)
     vx, vy = shard_tensors(van)
     real_f = embed(model, shard_tensors(real)[0]).numpy()
     fd_vanilla = frechet_distance(real_f, embed(model, vx).numpy())
     fd_adapted = frechet_distance(real_f, embed(model, x[torch.from_numpy(own_rows)]).numpy())
-    per_class = per_class_accuracy(confusion_matrix(y.numpy(), predicted.numpy(), len(adapted.class_names)))
     return {
-        "classifiability": round(float(correct.mean()), 4),
-        "classifiability_own_classes": round(float(correct[own_rows].mean()), 4),
-        "classifiability_own_classes_vanilla": round(float((predict(model, vx).argmax(1) == vy).float().mean()), 4),
+        "classifiability": round(accuracy(actual, predicted), 4),
+        "classifiability_own_classes": round(accuracy(actual[own_rows], predicted[own_rows]), 4),
+        "classifiability_own_classes_vanilla": round(accuracy(vy.numpy(), predicted_classes(model, vx)), 4),
         "frechet_vanilla": round(fd_vanilla, 3),
         "frechet_adapted": round(fd_adapted, 3),
         "adapted_closer": bool(fd_adapted < fd_vanilla),
         "own_classes": [int(k) for k in own],
         "real_images": len(real),
         "synthetic_images": len(adapted),
-        "correct": int(correct.sum()),
-    }, per_class
+        "correct": int((actual == predicted).sum()),
+    }, class_accuracy(actual, predicted, len(adapted.class_names))
+
+
+def quality_report(per_client: dict[str, dict], per_class: list[np.ndarray], class_names: list[str]) -> dict:
+    """metrics/generator.json (stage generator_quality): totals over the clients first, then one entry each.
+    ``per_client``/``per_class``: what :func:`client_quality` returned for each client."""
+    total = sum(q["synthetic_images"] for q in per_client.values())
+    correct = sum(q["correct"] for q in per_client.values())
+    return {
+        "classifiability": round(correct / total, 4),
+        "clients_adapted_closer": sum(q["adapted_closer"] for q in per_client.values()),
+        "clients": len(per_client),
+        "frechet_vanilla_mean": round(float(np.mean([q["frechet_vanilla"] for q in per_client.values()])), 3),
+        "frechet_adapted_mean": round(float(np.mean([q["frechet_adapted"] for q in per_client.values()])), 3),
+        "classifiability_per_class": {n: round(float(a), 4) for n, a in zip(class_names, np.mean(per_class, axis=0))},
+        "per_client": per_client,
+    }

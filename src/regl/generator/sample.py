@@ -1,14 +1,35 @@
-"""Generate images with a (LoRA-adapted) pipeline: seeded latents per class, batched calls, a chosen scheduler."""
+"""Generate images with a (LoRA-adapted) pipeline: seeded latents per class, batched calls, a chosen scheduler,
+sized by the `generate` params section."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from regl.generator.params import GenerateParams
+from regl.generator.text import has_class_slot
+from regl.params import Section
 from regl.seeding import derive_seed
+
+
+class GenerateParams(Section):
+    """Stage generate: synthetic images of every class from the base + the client's LoRA."""
+
+    prompt: str = "A photo of {class}, real world images, high resolution"
+    lora_scale: float = Field(0.8, ge=0, le=2)
+    guidance_scale: float = Field(5.0, ge=0)
+    scheduler: Literal["dpm", "ddim", "euler", "pndm"] = "dpm"
+    steps: int = Field(20, ge=1)
+    images_per_class: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)
+
+    _prompt = field_validator("prompt")(classmethod(lambda cls, v: has_class_slot(v)))
+
 
 SCHEDULERS = {"dpm": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler,
               "pndm": PNDMScheduler}

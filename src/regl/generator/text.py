@@ -1,8 +1,20 @@
-"""Captions to token ids and text-encoder states, the way StableDiffusionPipeline encodes a prompt."""
+"""Captions: the ``{class}`` templates params hold, and their token ids and text-encoder states, the way
+StableDiffusionPipeline encodes a prompt."""
 
 from __future__ import annotations
 
 import torch
+
+
+def has_class_slot(text: str) -> str:
+    """Validate a caption or prompt template: ``{class}`` and no other field."""
+    if "{class}" not in text:
+        raise ValueError("must contain {class}, where each class name goes")
+    try:
+        text.format(**{"class": "x"})
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("may hold no other {...} field than {class}") from None
+    return text
 
 
 def caption_ids(tokenizer, captions: list[list[str]]) -> torch.Tensor:

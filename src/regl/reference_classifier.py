@@ -1,5 +1,5 @@
-"""The reference classifier: trained once on the clients' real training pool, it judges synthetic images
-(classifiability, Fréchet features) and evaluation reuses it.
+"""The reference classifier (stage reference_classifier): trained once on the clients' real training pool, it
+judges synthetic images (classifiability, Fréchet features) and evaluation reuses it.
 
 Saved like every regl classifier (``regl.modelio``): ``model.safetensors``, its architecture and class names in
 the metadata.
@@ -16,32 +16,27 @@ from torch import nn
 
 from regl.modelio import load_model, save_model
 from regl.models import build_model
-from regl.params import Section
 from regl.shards import Shard
 from regl.tensors import shard_tensors
-from regl.training import SGDConfig, train_epochs
+from regl.training import SGDParams, train_epochs
 
 
-class ReferenceClassifierParams(Section):
+class ReferenceClassifierParams(SGDParams):
     """Stage reference_classifier: the classifier that judges synthetic images (and that evaluation reuses)."""
 
     model: Literal["cnn", "resnet18"] = "cnn"
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
     seed: int = Field(0, ge=0)
 
 
-def train_reference(train: Shard, model_name: str, cfg: SGDConfig, seed: int) -> tuple[nn.Module, dict]:
+def train_reference(train: Shard, p: ReferenceClassifierParams) -> tuple[nn.Module, dict]:
     x, y = shard_tensors(train)
-    config = {"name": model_name, "channels": int(x.shape[1]), "num_classes": len(train.class_names),
+    config = {"name": p.model, "channels": int(x.shape[1]), "num_classes": len(train.class_names),
               "image_size": int(x.shape[2]), "class_names": list(train.class_names)}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(model_name, config["channels"], config["num_classes"], config["image_size"])
-    train_epochs(model, x, y, cfg, seed, "reference_classifier")
+        torch.manual_seed(p.seed)
+        model = build_model(p.model, config["channels"], config["num_classes"], config["image_size"])
+    train_epochs(model, x, y, p, p.epochs, p.seed, "reference_classifier")
     model.eval()
     return model, config
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from regl.params import Device, Section
+from regl.training import SGDParams
 
 
 class FedProxParams(Section):
@@ -44,16 +45,14 @@ class FlowerParams(Section):
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "moon")
 
 
-class TrainParams(Section):
+class TrainParams(SGDParams):
+    """Stage federated_train; the local SGD fields (batch_size, lr, momentum, weight_decay) come from SGDParams."""
+
     algorithm: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
     synthetic: bool = False
     model: Literal["cnn", "resnet18"] = "cnn"
     rounds: int = Field(20, ge=1)
     local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
     client_fraction: float = Field(1.0, gt=0, le=1)
     seed: int = Field(0, ge=0)
     device: Device = "auto"
