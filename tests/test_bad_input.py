@@ -257,3 +257,25 @@ def test_corrupt_safetensors_model(repo):
     set_params(repo, **{"personalize.synthetic": False})
     fails_cleanly(repo, "personalize", "models/global_model.safetensors: not a readable safetensors model",
                   "re-run the stage")
+
+
+# --- metrics JSON of earlier stages (evaluate) --------------------------------------------------------------
+
+
+def personal_metrics(clients=(0, 1, 2), after="0.5") -> str:
+    per_client = ", ".join(f'"{c}": {{"accuracy_before": 0.25, "accuracy_after": {after}}}' for c in clients)
+    return f'{{"epochs": 1, "per_client": {{{per_client}}}}}'
+
+
+@pytest.mark.parametrize("train_json,personal_json,expected", [
+    ('{"algorithm": "fedavg", ', personal_metrics(), ("metrics/train.json: not valid JSON", "dvc repro federated_train")),
+    ('{"algorithm": "fedavg"}', personal_metrics(), ("metrics/train.json: synthetic missing",)),
+    ('{"algorithm": "fedavg", "synthetic": false}', personal_metrics(clients=(0, 1)),
+     ("metrics/personalize.json: no result for client(s) [2]", "dvc repro personalize")),
+    ('{"algorithm": "fedavg", "synthetic": false}', personal_metrics(after='"high"'),
+     ("metrics/personalize.json: per_client.0.accuracy_after = 'high': must be a valid number",)),
+])
+def test_torn_or_mismatched_metrics_json(repo, train_json, personal_json, expected):
+    (repo / "metrics/train.json").write_text(train_json)
+    (repo / "metrics/personalize.json").write_text(personal_json)
+    fails_cleanly(repo, "evaluate", *expected)

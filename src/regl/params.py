@@ -152,6 +152,8 @@ def _one_line(exc: ValidationError, model: type[BaseModel], prefix: str, path: P
         known = ", ".join(leaf_model.model_fields)
         return f"{path}: unknown key {key} (known keys here: {known})"
     leaf_model, value = _walk(model, raw, loc)
+    if err["type"] == "missing":
+        return f"{path}: {key} missing"
     why = _valid_range(leaf_model, str(loc[-1])) if loc and err["type"] in _BOUND_ERRORS else ""
     if not why:
         why = err["msg"].removeprefix("Value error, ")
