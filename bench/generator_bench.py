@@ -28,7 +28,7 @@ from regl.generator.quality import client_quality
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import to_data
 from regl.images import encode_many
-from regl.naming import client_name
+from regl.naming import client_file, client_name
 from regl.params import DEFAULT_PARAMS, load_section
 from regl.reference_classifier import load_reference
 from regl.shards import Shard, read_shard
@@ -67,7 +67,7 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
     cfg = base.model_copy(update=overrides)
     rows, times = {}, []
     for c in clients:
-        real = read_shard(Path("data/clients") / f"{client_name(c)}.parquet")
+        real = read_shard(client_file(Path("data/clients"), c))
         names, pixels = real.class_names, real.pixels()
         size, ch = pixels.shape[1], pixels.shape[3]
         pipe = load_pipeline(generator)

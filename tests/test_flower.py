@@ -91,7 +91,7 @@ def free_port() -> int:
 
 
 class Loopback:
-    """A SuperLink and one SuperNode per client on 127.0.0.1 (the README's multi-machine commands), each node
+    """A SuperLink and one SuperNode per client on 127.0.0.1 (docs/flower.md's multi-machine commands), each node
     told its client id and shard folder, every process in a session of its own with its log in ``folder``."""
 
     def __init__(self, folder: Path, repo: Path, clients=(0, 1)):
@@ -148,7 +148,8 @@ class Loopback:
 
 
 def test_superlink_and_two_supernodes_on_loopback(flower_repo, tmp_path):
-    """`flwr run` of the regl Flower App on a SuperLink with two SuperNodes; the outputs are the stage's."""
+    """docs/flower.md's multi-machine commands on one machine (Loopback), `flwr run` of the regl Flower App;
+    the outputs are the stage's."""
     repo = flower_repo
     set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg"})
     local, local_metrics = train(repo, "local", "fedavg", "local-loopback")

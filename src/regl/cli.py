@@ -38,7 +38,7 @@ def report(
         data = json.loads(proc.stdout)
     found = runs(data)
     if not found:
-        typer.echo("error: no experiment with metrics/train.json found (run `dvc exp run` first)", err=True)
+        typer.echo("error: no experiment with training metrics (train.json) found (run `dvc exp run` first)", err=True)
         raise typer.Exit(2)
     typer.echo("Table 1: global / mean personalized test accuracy (%), by skew β and local epochs E\n")
     typer.echo(table1(found))

@@ -5,6 +5,7 @@ the cells that were run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 METHOD_ORDER = ["FedAvg", "FedProx", "SCAFFOLD", "FedNova", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "MOON",
@@ -45,8 +46,12 @@ def _records(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, An
                 yield rev.get("name") or exp.get("name") or rev.get("rev", "")[:7], rev.get("data") or {}
 
 
-def _file(data: dict[str, Any], kind: str, path: str) -> dict[str, Any]:
-    return ((data.get(kind) or {}).get(path) or {}).get("data") or {}
+def _file(data: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    """The ``kind`` ("params" or "metrics") file whose name is ``name``, wherever the pipeline keeps it."""
+    for path, entry in (data.get(kind) or {}).items():
+        if Path(path).name == name:
+            return (entry or {}).get("data") or {}
+    return {}
 
 
 def runs(exp_show: list[dict[str, Any]]) -> list[Run]:
@@ -54,8 +59,8 @@ def runs(exp_show: list[dict[str, Any]]) -> list[Run]:
     out = []
     for name, data in _records(exp_show):
         params = _file(data, "params", "params.yaml")
-        trained = _file(data, "metrics", "metrics/train.json")
-        evaluated = _file(data, "metrics", "metrics/eval.json")
+        trained = _file(data, "metrics", "train.json")
+        evaluated = _file(data, "metrics", "eval.json")
         if not params or not trained:
             continue
         train = params.get("train") or {}
