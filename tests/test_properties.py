@@ -17,14 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from regl.errors import ReglError
-from regl.federated.params import TrainParams
-from regl.generator.params import FinetuneParams, GenerateParams, GeneratorParams
+from regl.federated.train_params import TrainParams
+from regl.generator.lora import FinetuneParams
+from regl.generator.pretrain import GeneratorParams
+from regl.generator.sample import GenerateParams
 from regl.images import encode_png
 from regl.params import TOP_LEVEL_KEYS, load_experiment, load_section
 from regl.partition import PartitionParams
 from regl.personalize import PersonalizeParams
 from regl.prepare import PrepareParams
-from regl.reference import ReferenceClassifierParams
+from regl.reference_classifier import ReferenceClassifierParams
 from regl.shards import Shard, read_class_names, read_shard, to_table, write_shard
 from regl.sources import load_source
 
