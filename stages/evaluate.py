@@ -5,7 +5,6 @@ personalized accuracy per client with mean and spread (from personalize); the im
 confusion matrix (CSV for DVC and PNG), label distribution real vs real + synthetic.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import typer
 
 from regl.atomic import write_text
 from regl.device import resolve_device
-from regl.errors import ReglError
-from regl.evaluation import confusion_matrix, evaluation_report, predicted_classes
+from regl.evaluation import (PersonalizeMetrics, TrainMetrics, confusion_matrix, evaluation_report,
+                             predicted_classes, read_metrics)
 from regl.modelio import load_model
 from regl.naming import client_file, client_name
 from regl.params import load_experiment
@@ -46,10 +45,8 @@ def main(
 ) -> None:
     with stage("evaluate") as log:
         exp = load_experiment(params)
-        for f in (train_metrics, personal_metrics):
-            if not f.is_file():
-                raise ReglError(f"{f} missing; run the stage that writes it (dvc repro)")
-        trained, personal = json.loads(train_metrics.read_text()), json.loads(personal_metrics.read_text())
+        trained = read_metrics(train_metrics, TrainMetrics, "federated_train")
+        personal = read_metrics(personal_metrics, PersonalizeMetrics, "personalize", exp.clients)
         model, arch = load_model(model_file, resolve_device("auto", "evaluate"))
         test = read_shard(test_file)
         names, k = test.class_names, len(test.class_names)

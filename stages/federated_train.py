@@ -15,7 +15,7 @@ import typer
 from tqdm import tqdm
 
 from regl.atomic import write_text
-from regl.checkpoint import CHECKPOINT_DIR, Checkpoint, fingerprint
+from regl.checkpoint import CHECKPOINT_DIR, Checkpoint, code_fingerprint, fingerprint
 from regl.client_data import client_files, load_client
 from regl.device import resolve_device
 from regl.federated.algorithm import Algorithm
@@ -23,7 +23,8 @@ from regl.federated.engine import ClientRunner, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup, curve_csv, make_federation, model_arch, train, train_metrics
 from regl.federated.train_params import TrainParams
-from regl.images import decode_png
+from regl.errors import ReglError
+from regl.images import decode_checked
 from regl.modelio import save_model
 from regl.params import load_experiment, load_section
 from regl.shards import read_shard
@@ -53,7 +54,9 @@ class Files:
 def read_setup(files: Files) -> tuple[RunSetup, tuple[torch.Tensor, torch.Tensor]]:
     exp, p = load_experiment(files.params), load_section(files.params, "train", TrainParams)
     test = read_shard(files.test_file)
-    size, _, channels = decode_png(test.images[0]).shape
+    if not len(test):
+        raise ReglError(f"{files.test_file}: holds no images; re-run prepare (dvc repro prepare)")
+    size, _, channels = decode_checked(test.images[0], None, test.where(0)).shape
     return RunSetup(p, exp.clients, channels, len(test.class_names), size), shard_tensors(test, channels)
 
 
@@ -84,7 +87,8 @@ def train_locally(files: Files, log) -> None:
     algorithm = build_algorithm(p)
     runner = InProcessClients(clients, setup.model_factory()().to(device), algorithm, p, device)
     key = fingerprint({"train": p.model_dump(), "clients": setup.clients}, shards + [files.test_file])
-    checkpoint = Checkpoint(CHECKPOINT_DIR / "federated_train.pt", key)
+    # the code too: a run killed, then resumed after a change to (say) an algorithm module starts over
+    checkpoint = Checkpoint(CHECKPOINT_DIR / "federated_train.pt", key, code_fingerprint("federated_train"))
     train_and_write(files, setup, test, algorithm, runner, device, checkpoint, log)
 
 

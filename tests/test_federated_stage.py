@@ -108,3 +108,44 @@ def check_reruns(repo):
     changed = set(json.loads(dvc("status", "--json", cwd=repo).stdout))
     assert {"generate@0", "generate@1", "generate@2"} <= changed
     assert not {s for s in changed if s.startswith(("finetune_lora", "pretrain", "partition", "prepare"))}
+
+
+def kill_mid_run(repo) -> int:
+    """Start the stage, SIGKILL it once it has saved a checkpoint; the number of rounds the checkpoint holds."""
+    ckpt = repo / ".regl/checkpoints/federated_train.pt"
+    ckpt.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "stages/federated_train.py"], cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = torch.load(ckpt, weights_only=False)["state"]["federation"]["round"]
+    assert 1 <= done < 6, "the run was not caught mid-way"
+    return done
+
+
+def test_killed_run_resumed_after_a_code_change_starts_from_round_0_and_says_why(trained_inputs, monkeypatch):
+    """The checkpoint is keyed by the code as well: here the stage runs the scratch repository's own copy of the
+    library, and a change to an algorithm module between the kill and the rerun discards the saved rounds."""
+    repo = trained_inputs
+    monkeypatch.setenv("PYTHONPATH", str(repo / "src"))  # run (and change) the code of the scratch copy
+    set_params(repo, **{"train.rounds": 6, "train.algorithm": "scaffold", "train.client_fraction": 0.5})
+    stage("federated_train", repo)
+    uninterrupted = (repo / "models/global_model.safetensors").read_bytes()
+    (repo / "models/global_model.safetensors").unlink()
+
+    kill_mid_run(repo)
+    module = repo / "src/regl/federated/scaffold.py"
+    module.write_text(module.read_text() + "\n# a change to the algorithm's module\n")
+    rerun = stage("federated_train", repo)
+    assert "other code (changed since: src/regl/federated/scaffold.py)" in rerun.stderr, rerun.stderr
+    assert "starting from round 0" in rerun.stderr and "resuming" not in rerun.stderr
+    assert "round 1/6" in rerun.stderr  # trained from the start
+    assert (repo / "models/global_model.safetensors").read_bytes() == uninterrupted  # the change was a comment
+
+    done = kill_mid_run(repo)  # the same code as the killed run: resumed, and still bit-identical
+    resumed = stage("federated_train", repo)
+    assert f"resuming from round {done} of 6" in resumed.stderr and "ignoring" not in resumed.stderr
+    assert (repo / "models/global_model.safetensors").read_bytes() == uninterrupted

@@ -6,6 +6,7 @@ Needs the `flower` extra (part of `.[dev]`); skipped where Flower is not install
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -91,52 +92,113 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Loopback:
+    """A SuperLink and one SuperNode per client on 127.0.0.1 (docs/flower.md's multi-machine commands), each node
+    told its client id and shard folder, every process in a session of its own with its log in ``folder``."""
+
+    def __init__(self, folder: Path, repo: Path, clients=(0, 1)):
+        self.folder, self.repo, self.bin = folder, repo, Path(sys.executable).parent
+        home, link = folder / "flwr-home", free_port()
+        home.mkdir()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
+                                          f'address = "127.0.0.1:{link}"\ninsecure = true\n')
+        self.env = {**os.environ, "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.logs: dict[str, Path] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._start("superlink", [self.bin / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port",
+                                  str(link), "--disable-runtime-dependency-installation", "--database",
+                                  str(folder / "state.db")], self.env)
+        deadline = time.monotonic() + 120  # a busy machine takes a while to start it
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", link), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and self.procs["superlink"].poll() is None, self.shown()
+                time.sleep(0.2)
+        for cid in clients:
+            self._start(f"node{cid}", [self.bin / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
+                                       "--host", "127.0.0.1", "--port", str(free_port()), "--node-config",
+                                       f"client-id={cid} clients-dir='{repo / 'data/clients'}'"],
+                        {**self.env, "FLWR_HOME": str(folder / f"node{cid}")})
+
+    def _start(self, name: str, cmd: list, env: dict) -> subprocess.Popen:
+        self.logs[name] = self.folder / f"{name}.log"
+        with open(self.logs[name], "w") as out:
+            self.procs[name] = subprocess.Popen(cmd, cwd=self.folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+        return self.procs[name]
+
+    def run(self) -> subprocess.Popen:
+        """`flwr run` of the regl Flower App with this repository as its workdir (output in run.log)."""
+        return self._start("run", [self.bin / "flwr", "run", REPO / "flower", "loopback", "--stream",
+                                   "--run-config", f"workdir='{self.repo}'"], self.env)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process and everything it started (a SuperNode runs its ClientApp in a child process)."""
+        if self.procs[name].poll() is None:
+            os.killpg(self.procs[name].pid, sig)
+
+    def close(self) -> None:
+        for name in self.procs:
+            self.kill(name, signal.SIGTERM)
+        for p in self.procs.values():
+            p.wait(timeout=30)
+
+    def shown(self) -> str:
+        return "\n".join(f"--- {n}\n{path.read_text()[-3000:]}" for n, path in self.logs.items())
+
+
 def test_superlink_and_two_supernodes_on_loopback(flower_repo, tmp_path):
-    """docs/flower.md's multi-machine commands on one machine: a SuperLink, one SuperNode per client (each told its
-    client id and shard folder), `flwr run` of the regl Flower App; the outputs are the stage's."""
+    """docs/flower.md's multi-machine commands on one machine (Loopback), `flwr run` of the regl Flower App;
+    the outputs are the stage's."""
     repo = flower_repo
     set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg"})
     local, local_metrics = train(repo, "local", "fedavg", "local-loopback")
     for f in ("models/global_model.safetensors", "metrics/train.json"):
         (repo / f).unlink()
-
-    bin_dir = Path(sys.executable).parent
-    home = tmp_path / "flwr-home"
-    link = free_port()
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("superlink", "node0", "node1")}
-    procs = [subprocess.Popen(
-        [bin_dir / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link),
-         "--disable-runtime-dependency-installation", "--database", str(tmp_path / "state.db")],
-        cwd=tmp_path, env=env, stdout=logs["superlink"], stderr=subprocess.STDOUT)]
+    net = Loopback(tmp_path, repo)
     try:
-        time.sleep(3)
-        for cid in (0, 1):
-            procs.append(subprocess.Popen(
-                [bin_dir / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
-                 "--host", "127.0.0.1", "--port", str(free_port()),
-                 "--node-config", f"client-id={cid} clients-dir='{repo / 'data/clients'}'"],
-                cwd=tmp_path, env={**env, "FLWR_HOME": str(tmp_path / f"node{cid}")},
-                stdout=logs[f"node{cid}"], stderr=subprocess.STDOUT))
-        proc = subprocess.run([bin_dir / "flwr", "run", REPO / "flower", "loopback", "--stream",
-                               "--run-config", f"workdir='{repo}'"], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=300)
+        net.run().wait(timeout=300)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        for f in logs.values():
-            f.close()
-    shown = "\n".join(f"--- {n}\n{(tmp_path / f'{n}.log').read_text()[-3000:]}" for n in logs)
-    assert (repo / "metrics/train.json").exists(), f"flwr run: {proc.stdout[-3000:]}{proc.stderr[-3000:]}\n{shown}"
+        net.close()
+    assert (repo / "metrics/train.json").exists(), net.shown()
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics.keys() == local_metrics.keys() and metrics["rounds"] == 2
     assert (repo / "metrics/train_curve.csv").read_text().count("\n") == 3
     assert_same(local, weights(repo / "models/global_model.safetensors"))
+
+
+def test_supernode_killed_mid_round_ends_the_run_naming_the_client(flower_repo, tmp_path):
+    """The node of client 1 is killed (with its ClientApp) while it trains round 2. The SuperLink answers for the
+    dead node once it misses its heartbeats (two of Flower's 30 s intervals); the run then ends, failed, with one
+    error line naming client 1 and round 2, no traceback, and the outputs of the earlier run as they were."""
+    repo = flower_repo
+    set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg", "train.rounds": 3})
+    stage("federated_train", repo)
+    outputs = ["models/global_model.safetensors", "metrics/train.json", "metrics/train_curve.csv"]
+    before = {f: (repo / f).read_bytes() for f in outputs}
+    net = Loopback(tmp_path, repo)
+    try:
+        run = net.run()
+        start = time.monotonic()
+        while net.logs["node1"].read_text().count("Receiving: train message") < 2:  # round 2 has reached it
+            assert run.poll() is None and time.monotonic() - start < 240, net.shown()
+            time.sleep(0.05)
+        net.kill("node1")
+        killed = time.monotonic()
+        run.wait(timeout=240)
+        ended = time.monotonic() - killed
+    finally:
+        net.close()
+        set_params(repo, **{"train.rounds": 2})
+    text = net.logs["run"].read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, net.shown()
+    assert errors[0].startswith("error: Flower: client 1 (node ") and "failed in round 2" in errors[0], errors[0]
+    assert "Traceback" not in text, text[-3000:]
+    assert ended < 150, f"the run took {ended:.0f} s to end after the node died"
+    assert {f: (repo / f).read_bytes() for f in outputs} == before  # nothing half-written, nothing lost
 
 
 def test_missing_extra_is_one_line_with_the_install_command(flower_repo, tmp_path):
@@ -153,3 +215,4 @@ def test_missing_extra_is_one_line_with_the_install_command(flower_repo, tmp_pat
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr
     assert "pip install 'regl[flower]'" in errors[0]
     assert not (flower_repo / "metrics/train.json").exists()
+

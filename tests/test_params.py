@@ -1,5 +1,7 @@
 """Bad params stop with one line naming the key and what would be valid."""
 
+from pathlib import Path
+
 import pytest
 
 from regl.errors import ReglError
@@ -49,3 +51,29 @@ def test_defaults_and_loading(tmp_path):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ReglError, match="params file not found"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+def test_top_level_keys_are_the_sections_of_params_yaml_and_dvc_yaml():
+    """A misspelled section is refused against this list, so it must name every section the pipeline reads."""
+    import yaml
+
+    from regl.params import TOP_LEVEL_KEYS, read_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    assert set(read_yaml(root / "params.yaml")) == set(TOP_LEVEL_KEYS)
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    read = {p.split(".")[0] for s in stages.values() for p in (s.get("do") or s).get("params", [])}
+    assert read <= set(TOP_LEVEL_KEYS)
+
+
+@pytest.mark.parametrize("value", ["0", "false", '""', "[]"])
+def test_falsy_train_section_is_an_error_not_the_defaults(tmp_path, value):
+    from regl.federated.train_params import TrainParams
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train: {value}\n")
+    with pytest.raises(ReglError, match=r"train = .*: must be a mapping of keys") as info:
+        load_section(path, "train", TrainParams)
+    assert "\n" not in str(info.value)
+    path.write_text("train:\n")  # a section left empty: the defaults
+    assert load_section(path, "train", TrainParams).rounds == TrainParams().rounds

@@ -3,10 +3,18 @@ the confusion matrix). Every stage that reports an accuracy computes it here."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Optional, TypeVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from regl.errors import ReglError
+from regl.params import parse
 
 SCORING_BATCH = 1024
 
@@ -77,21 +85,69 @@ def rounded(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), digits)
 
 
+class _Read(BaseModel):
+    """The part of an earlier stage's metrics JSON a later stage reads (other keys are not its business)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class TrainMetrics(_Read):
+    algorithm: str
+    synthetic: bool
+
+
+class ClientPersonalization(_Read):
+    accuracy_before: Optional[float]
+    accuracy_after: Optional[float]
+
+
+class PersonalizeMetrics(_Read):
+    per_client: dict[str, ClientPersonalization]
+
+
+M = TypeVar("M", bound=_Read)
+
+
+def read_metrics(path: Path, model: type[M], writer: str, clients: list[int] | None = None) -> M:
+    """An earlier stage's metrics JSON, checked against ``model`` (and, with ``clients``, holding a result for
+    each): a missing, torn or mismatched file is one line naming it and the stage ``writer`` to re-run."""
+    rerun = f"re-run {writer} (dvc repro {writer})"
+    if not path.is_file():
+        raise ReglError(f"{path} missing; {rerun}")
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReglError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); {rerun}") from None
+    if not isinstance(raw, dict):
+        raise ReglError(f"{path}: expected a JSON object of metrics, got {type(raw).__name__}; {rerun}")
+    try:
+        result = parse(model, raw, "", path)
+    except ReglError as exc:
+        raise ReglError(f"{exc}; {rerun}") from None
+    per_client = getattr(result, "per_client", None)
+    missing = [c for c in clients or [] if per_client is not None and str(c) not in per_client]
+    if missing:
+        raise ReglError(f"{path}: no result for client(s) {missing} of params.yaml clients (it has "
+                        f"{sorted(per_client, key=str)}); {rerun}")
+    return result
+
+
 def evaluation_report(actual: np.ndarray, predicted: np.ndarray, class_names: list[str], clients: list[int],
-                      real: np.ndarray, synthetic: np.ndarray, trained: dict, personal: dict) -> dict:
+                      real: np.ndarray, synthetic: np.ndarray, trained: TrainMetrics,
+                      personal: PersonalizeMetrics) -> dict:
     """metrics/eval.json (stage evaluate): the global model's figures from its test predictions, the image
     counts training used (``real``/``synthetic``: clients x classes) and personalize's per-client results."""
     confusion = confusion_matrix(actual, predicted, len(class_names))
-    used_synthetic = synthetic if trained.get("synthetic") else np.zeros_like(synthetic)
-    per_client = personal["per_client"]
-    after = np.array([c["accuracy_after"] for c in per_client.values() if c["accuracy_after"] is not None])
+    used_synthetic = synthetic if trained.synthetic else np.zeros_like(synthetic)
+    per_client = personal.per_client
+    after = np.array([c.accuracy_after for c in per_client.values() if c.accuracy_after is not None])
     return {
         "global_accuracy": rounded(accuracy(actual, predicted)),
         "macro_accuracy": rounded(macro_accuracy(confusion)),
         "personalized_accuracy_mean": rounded(after.mean()) if after.size else None,
         "personalized_accuracy_std": rounded(after.std()) if after.size else None,
-        "algorithm": trained.get("algorithm"),
-        "synthetic": trained.get("synthetic"),
+        "algorithm": trained.algorithm,
+        "synthetic": trained.synthetic,
         "real_images": int(real.sum()),
         "synthetic_images": int(used_synthetic.sum()),
         "per_class_accuracy": {n: rounded(v) for n, v in zip(class_names, per_class_accuracy(confusion))},
@@ -99,8 +155,8 @@ def evaluation_report(actual: np.ndarray, predicted: np.ndarray, class_names: li
             str(c): {
                 "real": int(real[i].sum()),
                 "synthetic": int(used_synthetic[i].sum()),
-                "personalized_accuracy": per_client[str(c)]["accuracy_after"],
-                "global_model_accuracy": per_client[str(c)]["accuracy_before"],
+                "personalized_accuracy": per_client[str(c)].accuracy_after,
+                "global_model_accuracy": per_client[str(c)].accuracy_before,
             }
             for i, c in enumerate(clients)
         },

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -29,12 +29,22 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     path = Path(path)
     if not path.is_file():
         raise ReglError(f"{path}: model not found (run the stage that writes it, e.g. `dvc repro`)")
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = json.loads((f.metadata() or {}).get("regl", "{}"))
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if "name" not in meta:
-        raise ReglError(f"{path}: not a regl model (no architecture in its metadata)")
-    model = build_model(meta["name"], meta["channels"], meta["num_classes"], meta["image_size"],
-                        meta.get("projection", 0))
-    model.load_state_dict(state)
+    rerun = "re-run the stage that writes it (dvc repro)"
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {}).get("regl", "{}"))
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # torn, truncated, not safetensors
+        detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ReglError(f"{path}: not a readable safetensors model ({detail}); {rerun}") from None
+    if not isinstance(meta, dict) or "name" not in meta:
+        raise ReglError(f"{path}: not a regl model (no architecture in its metadata); {rerun}")
+    try:
+        model = build_model(meta["name"], meta["channels"], meta["num_classes"], meta["image_size"],
+                            meta.get("projection", 0))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ReglError(f"{path}: its weights do not fit the architecture in its metadata ({detail}); "
+                        f"{rerun}") from None
     return model.to(device), meta

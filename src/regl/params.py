@@ -7,6 +7,7 @@ A bad value stops the stage before any work with one line naming the key and the
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -29,16 +30,21 @@ def _known_device(device: str) -> str:
 Device = Annotated[str, AfterValidator(_known_device)]
 
 
+# Strict: YAML's `true`, `"3"` or `1.0` where an integer belongs is a mistake to report, not to coerce; `.inf` and
+# `.nan` are never a valid setting.
+_STRICT = ConfigDict(frozen=True, strict=True, allow_inf_nan=False)
+
+
 class Section(BaseModel):
     """A params section: unknown keys are typos, so they are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", **_STRICT)
 
 
 class ExperimentParams(BaseModel):
     """The top-level keys: the skew strength and the clients taking part."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", **_STRICT)
 
     beta: float = Field(0.01, gt=0, description="Dirichlet concentration of the label skew")
     clients: list[int] = Field(default_factory=lambda: list(range(10)), min_length=1)
@@ -54,6 +60,11 @@ class ExperimentParams(BaseModel):
         return ids
 
 
+# Every top-level key of params.yaml: the two shared keys and one section per stage. Anything else is a typo
+# (a misspelled section would otherwise leave its stage on the defaults without a word).
+TOP_LEVEL_KEYS = ("beta", "clients", "prepare", "partition", "generator", "finetune", "generate",
+                  "reference_classifier", "train", "personalize")
+
 T = TypeVar("T", bound=BaseModel)
 S = TypeVar("S", bound="Section")
 
@@ -62,13 +73,33 @@ def read_yaml(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ReglError(f"{path}: params file not found (run from the repository root or pass --params)")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ReglError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} on line {line}); "
+                        f"save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ReglError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ReglError(f"{path}: expected a mapping of sections at the top level")
+        raise ReglError(f"{path}: expected a mapping of sections at the top level, got {_short(data)}")
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ReglError(f"{path}: unknown section {key!r}{hint}; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
     return data
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _valid_range(model: type[BaseModel], field: str) -> str:
@@ -84,16 +115,29 @@ def _valid_range(model: type[BaseModel], field: str) -> str:
     return "must be " + " and ".join(parts) if parts else ""
 
 
-def _walk(model: type[BaseModel], raw: Any, loc: list[str]) -> tuple[type[BaseModel], Any]:
-    """Follow ``loc`` (all but its last part) into nested sections; returns (leaf's model, leaf's value)."""
-    for part in loc[:-1]:
-        info = model.model_fields.get(part)
-        sub = info.annotation if info is not None else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            break
-        model, raw = sub, raw.get(part, {}) if isinstance(raw, dict) else {}
-    value = raw.get(loc[-1], "<missing>") if isinstance(raw, dict) and loc else raw
+def _walk(model: type[BaseModel], raw: Any, loc: list[str | int]) -> tuple[type[BaseModel], Any]:
+    """Follow ``loc`` into nested sections and lists; returns (the innermost section's model, the value)."""
+    value = raw
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            info = model.model_fields.get(str(part))
+            sub = info.annotation if info is not None else None
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                model = sub
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        else:
+            return model, "<missing>"
     return model, value
+
+
+def _key(prefix: str, loc: list[str | int]) -> str:
+    """``train.fedprox.mu``, ``clients[1]``."""
+    key = prefix
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
 
 
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
@@ -101,24 +145,30 @@ _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_e
 
 def _one_line(exc: ValidationError, model: type[BaseModel], prefix: str, path: Path, raw: dict) -> str:
     err = exc.errors()[0]
-    loc = [str(x) for x in err["loc"]]
-    key = ".".join(([prefix] if prefix else []) + loc)
-    leaf_model, value = _walk(model, raw, loc)
+    loc = list(err["loc"])
+    key = _key(prefix, loc)
     if err["type"] == "extra_forbidden":
+        leaf_model, _ = _walk(model, raw, loc[:-1])
         known = ", ".join(leaf_model.model_fields)
         return f"{path}: unknown key {key} (known keys here: {known})"
-    why = _valid_range(leaf_model, loc[-1]) if loc and err["type"] in _BOUND_ERRORS else ""
+    leaf_model, value = _walk(model, raw, loc)
+    if err["type"] == "missing":
+        return f"{path}: {key} missing"
+    why = _valid_range(leaf_model, str(loc[-1])) if loc and err["type"] in _BOUND_ERRORS else ""
     if not why:
         why = err["msg"].removeprefix("Value error, ")
         if err["type"] == "literal_error":
             why = "must be one of " + err["msg"].removeprefix("Input should be ")
-    return f"{path}: {key} = {value!r}: {why}"
+        elif why.startswith("Input should be"):
+            why = "must be" + why.removeprefix("Input should be")
+    return f"{path}: {key} = {_short(value)}: {why}"
 
 
 def parse(model: type[T], raw: dict[str, Any], prefix: str = "", path: Path = DEFAULT_PARAMS) -> T:
     """Validate ``raw`` against ``model``; any problem becomes a one-line :class:`ReglError`."""
     if not isinstance(raw, dict):
-        raise ReglError(f"{path}: {prefix} must be a mapping of keys, got {raw!r}")
+        raise ReglError(f"{path}: {prefix or 'the top level'} = {_short(raw)}: must be a mapping of keys "
+                        f"(or left empty for the defaults)")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -136,5 +186,5 @@ def load_section(path: str | Path, name: str, model: type[S]) -> S:
     Each section's model lives beside the code that reads it (PrepareParams in prepare.py, ...), so a stage
     depends on its own params model and this loader, not on every other stage's."""
     path = Path(path)
-    raw = read_yaml(path).get(name) or {}
-    return parse(model, raw, name, path)
+    raw = read_yaml(path).get(name)
+    return parse(model, {} if raw is None else raw, name, path)  # `name:` with nothing under it: the defaults

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from regl.errors import ReglError
 from regl.params import Section
@@ -19,10 +19,20 @@ from regl.sampling import apportion
 class PartitionParams(Section):
     scheme: Literal["dirichlet", "iid", "pathological"] = "dirichlet"
     seed: int = Field(0, ge=0)
-    min_size: int = Field(10, ge=0)
+    min_size: int = 10
     max_tries: int = Field(1000, ge=1)
     classes_per_client: int = Field(2, ge=1)
     local_test_size: int = Field(200, ge=0)
+
+    @field_validator("min_size")
+    @classmethod
+    def _no_empty_clients(cls, n: int) -> int:
+        # A client without images has nothing to train on (and nothing to personalize or judge): empty clients
+        # are refused here, before any work, rather than skipped later.
+        if n < 1:
+            raise ValueError("must be >= 1: every client needs images to train on; if the split cannot give "
+                             "each client that many, raise beta, use fewer clients or a larger training pool")
+        return n
 
 
 @dataclass(frozen=True)

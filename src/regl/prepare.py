@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
+from regl.errors import ReglError
 from regl.images import conform, encode_png, resize
 from regl.params import Section
 from regl.sampling import stratified_counts, stratified_pick, stratified_split
@@ -76,8 +77,10 @@ def _encode(split: Split, indices: np.ndarray, size: int, channels: int, class_n
 
 def prepare(data: SourceData, params: PrepareParams) -> Prepared:
     k = len(data.class_names)
-    if len(data.train) == 0:
-        raise ValueError(f"{data.name}: the training split is empty")
+    for split_name, split in (("training", data.train), ("test", data.test)):
+        if split is not None and len(split) == 0:
+            raise ReglError(f"prepare.source = {data.name}: the {split_name} split holds no images; a source needs "
+                            f"images with labels in every split it has")
     train_split, test_split = data.train, data.test
     train_idx = np.arange(len(train_split))
     if test_split is None:

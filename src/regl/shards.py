@@ -37,6 +37,9 @@ class Shard:
     class_names: list[str]
     columns: dict[str, list[Any]] = field(default_factory=dict)  # id, source, client, prompt, ...
     meta: dict[str, Any] = field(default_factory=dict)  # file-level provenance
+    # where the rows came from, for error messages: the file, and each row's row number in it (None: 0, 1, ...)
+    origin: str | None = field(default=None, compare=False)
+    rows: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -57,14 +60,24 @@ class Shard:
             class_names=list(self.class_names),
             columns={k: [v[i] for i in idx] for k, v in self.columns.items()},
             meta=dict(self.meta),
+            origin=self.origin,
+            rows=idx if self.rows is None else self.rows[idx],
         )
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.class_names))
 
     def pixels(self, channels: int | None = None) -> np.ndarray:
-        """All images decoded to one (N, H, W, C) uint8 array."""
-        return decode_many(self.images, channels)
+        """All images decoded to one (N, H, W, C) uint8 array; an image that does not decode is a
+        :class:`ReglError` naming the file and row."""
+        return decode_many(self.images, channels, self.where)
+
+    def where(self, i: int) -> str:
+        """Image ``i`` for an error message: ``data/clients/client_0.parquet: row 12 (id fashion-mnist/train/5)``."""
+        row = int(i if self.rows is None else self.rows[i])
+        ids = self.columns.get("id")
+        named = f" (id {ids[i]})" if ids is not None and ids[i] is not None else ""
+        return f"{self.origin or 'shard'}: row {row}{named}"
 
 
 def _hf_features(shard: Shard) -> dict[str, Any]:
@@ -97,33 +110,97 @@ def write_shard(path: str | Path, shard: Shard) -> None:
         pq.write_table(to_table(shard), tmp, row_group_size=ROW_GROUP_SIZE, compression="snappy")
 
 
-def read_shard(path: str | Path) -> Shard:
-    """Read a shard written by :func:`write_shard`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReglError(f"{path}: shard not found (run the stage that writes it, e.g. `dvc repro`)")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ReglError(f"{path}: not a readable Parquet file ({exc})") from None
-    meta = table.schema.metadata or {}
+_REWRITE = "re-run the stage that writes it (dvc repro)"
+
+
+def _missing(path: Path) -> ReglError:
+    return ReglError(f"{path}: shard not found (run the stage that writes it, e.g. `dvc repro`)")
+
+
+def _shard_info(path: Path, schema: pa.Schema) -> dict[str, Any]:
+    """The file's ``regl`` metadata, checked: a JSON object whose ``class_names`` is a non-empty list of strings."""
+    meta = schema.metadata or {}
     if b"regl" not in meta:
         raise ReglError(f"{path}: not a regl shard (no 'regl' metadata); import it with prepare.source=parquet:{path}")
-    info = json.loads(meta[b"regl"])
+    try:
+        info = json.loads(meta[b"regl"])
+    except (ValueError, UnicodeDecodeError):
+        info = None
+    names = info.get("class_names") if isinstance(info, dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ReglError(f"{path}: the 'regl' metadata holds no class names (a non-empty list of strings under "
+                        f"'class_names'); {_REWRITE}")
+    return info
+
+
+def _check_columns(path: Path, schema: pa.Schema) -> None:
+    """``image``: a struct with binary ``bytes`` (or plain binary); ``label``: integers."""
+    missing = [c for c in ("image", "label") if c not in schema.names]
+    if missing:
+        raise ReglError(f"{path}: no column {', '.join(map(repr, missing))} (has {schema.names}); a shard needs "
+                        f"'image' (PNG bytes) and 'label' (integer class index); {_REWRITE}")
+    image = schema.field("image").type
+    if pa.types.is_struct(image):
+        ok = image.get_field_index("bytes") >= 0 and pa.types.is_binary(image.field("bytes").type)
+    else:
+        ok = pa.types.is_binary(image)
+    if not ok:
+        raise ReglError(f"{path}: column 'image' is {image}, expected a struct with binary 'bytes' (PNG); {_REWRITE}")
+    if not pa.types.is_integer(schema.field("label").type):
+        raise ReglError(f"{path}: column 'label' is {schema.field('label').type}, expected integer class indices; "
+                        f"{_REWRITE}")
+
+
+def _read(path: Path, read, **kwargs):
+    """``read(path, **kwargs)`` (a pyarrow reader) with a missing or unreadable file as one line."""
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        return read(path, **kwargs)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise ReglError(f"{path}: not a readable Parquet file ({detail}); {_REWRITE}") from None
+
+
+def _labels(path: Path, label: pa.ChunkedArray, num_classes: int) -> np.ndarray:
+    """The label column as int64 class indices, checked: no nulls, every one below ``num_classes``."""
+    if label.null_count:
+        row = label.to_pylist().index(None)
+        raise ReglError(f"{path}: row {row}: label is null; every image needs a class index; {_REWRITE}")
+    labels = label.to_numpy().astype(np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ReglError(f"{path}: row {bad[0]}: label {labels[bad[0]]} is not a class index 0..{num_classes - 1} "
+                        f"of its {num_classes} class names; {_REWRITE}")
+    return labels
+
+
+def read_shard(path: str | Path) -> Shard:
+    """Read a shard written by :func:`write_shard`; anything else is a one-line :class:`ReglError`."""
+    path = Path(path)
+    table = _read(path, pq.read_table)
+    info = _shard_info(path, table.schema)
+    _check_columns(path, table.schema)
     class_names = info.pop("class_names")
-    images = table.column("image").combine_chunks().field("bytes").to_pylist()
-    labels = table.column("label").to_numpy()
+    image = table.column("image").combine_chunks()
+    images = (image.field("bytes") if pa.types.is_struct(image.type) else image).to_pylist()
+    labels = _labels(path, table.column("label"), len(class_names))
     columns = {n: table.column(n).to_pylist() for n in table.column_names if n not in ("image", "label")}
-    return Shard(images=images, labels=labels, class_names=class_names, columns=columns, meta=info)
+    return Shard(images=images, labels=labels, class_names=class_names, columns=columns, meta=info,
+                 origin=str(path))
 
 
 def read_class_names(path: str | Path) -> list[str]:
     """The class names of a shard, from its metadata alone (no image data read)."""
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[b"regl"])["class_names"]
+    path = Path(path)
+    return _shard_info(path, _read(path, pq.read_schema))["class_names"]
 
 
 def read_class_counts(path: str | Path) -> np.ndarray:
     """Images per class of a shard, from its label column and metadata alone (no image bytes read)."""
-    labels = pq.read_table(path, columns=["label"]).column("label").to_numpy()
-    return np.bincount(labels, minlength=len(read_class_names(path)))
+    path = Path(path)
+    schema = _read(path, pq.read_schema)
+    names = _shard_info(path, schema)["class_names"]
+    _check_columns(path, schema)
+    labels = _labels(path, _read(path, pq.read_table, columns=["label"]).column("label"), len(names))
+    return np.bincount(labels, minlength=len(names))

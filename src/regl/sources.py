@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from regl.errors import ReglError
+from regl.images import DECODE_ERRORS, undecodable
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -127,8 +128,8 @@ def _open_checked(path: Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ReglError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc}); fix or remove it") from None
+    except DECODE_ERRORS as exc:
+        raise ReglError(f"{path}: {undecodable(exc)}") from None
 
 
 def _scan_classes(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -173,6 +174,53 @@ def load_imagefolder(root: Path) -> SourceData:
 # --- Parquet ----------------------------------------------------------------------------------------------
 
 
+def _parquet_blobs(path: Path, table) -> list:
+    """The ``image`` column as a list of encoded images: plain binary, or the Hugging Face struct's ``bytes``."""
+    import pyarrow as pa
+
+    image = table.column("image").combine_chunks()
+    if pa.types.is_struct(image.type):
+        if image.type.get_field_index("bytes") < 0:
+            fields = [image.type.field(i).name for i in range(image.type.num_fields)]
+            raise ReglError(f"{path}: column 'image' is a struct without 'bytes' (fields {fields}); expected the "
+                            f"encoded image (PNG, JPEG...) in 'bytes', as the Hugging Face Image feature stores it")
+        image = image.field("bytes")
+    if not (pa.types.is_binary(image.type) or pa.types.is_large_binary(image.type)):
+        raise ReglError(f"{path}: column 'image' holds {image.type}; expected encoded image bytes (PNG, JPEG...) "
+                        f"or the Hugging Face Image struct {{bytes, path}}")
+    return image.to_pylist()
+
+
+def _parquet_labels(path: Path, table, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Integer class indices (or class-name strings) in ``label``; nulls and non-integers are named by row."""
+    import pyarrow as pa
+
+    column = table.column("label")
+    if column.null_count:
+        row = column.to_pylist().index(None)
+        raise ReglError(f"{path}: row {row}: label is null; every image needs a class index or class name")
+    kind = column.type
+    raw_labels = column.to_pylist()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        class_names = class_names or sorted(set(raw_labels))
+        index = {n: i for i, n in enumerate(class_names)}
+        unknown = sorted(set(raw_labels) - set(index))
+        if unknown:
+            raise ReglError(f"{path}: labels {unknown[:5]} are not among the class names {class_names}")
+        return np.asarray([index[x] for x in raw_labels], dtype=np.int64), class_names
+    if not pa.types.is_integer(kind):
+        example = next((f"; row {i}: {x!r}" for i, x in enumerate(raw_labels)), "")
+        raise ReglError(f"{path}: column 'label' holds {kind}{example}; labels must be integer class indices "
+                        f"0..K-1 or class-name strings (cast the column to int64)")
+    labels = np.asarray(raw_labels, dtype=np.int64)
+    class_names = class_names or [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if bad.size:
+        raise ReglError(f"{path}: row {bad[0]}: label {labels[bad[0]]} outside 0..{len(class_names) - 1} "
+                        f"(the {len(class_names)} class names)")
+    return labels, class_names
+
+
 def _parquet_split(path: Path, class_names: list[str] | None) -> tuple[Split, list[str]]:
     import json
 
@@ -185,36 +233,32 @@ def _parquet_split(path: Path, class_names: list[str] | None) -> tuple[Split, li
     for col in ("image", "label"):
         if col not in table.column_names:
             raise ReglError(f"{path}: needs columns 'image' and 'label', has {table.column_names}")
-    image = table.column("image").combine_chunks()
-    blobs = image.field("bytes").to_pylist() if hasattr(image, "field") else image.to_pylist()
-    raw_labels = table.column("label").to_pylist()
+    if table.num_rows == 0:
+        raise ReglError(f"{path}: holds no rows; a source needs images with labels")
+    blobs = _parquet_blobs(path, table)
     if class_names is None:
         meta = table.schema.metadata or {}
-        if b"regl" in meta:
-            class_names = json.loads(meta[b"regl"])["class_names"]
-        elif b"huggingface" in meta:
-            feats = json.loads(meta[b"huggingface"]).get("info", {}).get("features", {})
-            class_names = feats.get("label", {}).get("names")
-    if raw_labels and isinstance(raw_labels[0], str):
-        class_names = class_names or sorted(set(raw_labels))
-        index = {n: i for i, n in enumerate(class_names)}
-        unknown = sorted(set(raw_labels) - set(index))
-        if unknown:
-            raise ReglError(f"{path}: labels {unknown[:5]} are not among the class names {class_names}")
-        labels = np.asarray([index[x] for x in raw_labels], dtype=np.int64)
-    else:
-        labels = np.asarray(raw_labels, dtype=np.int64)
-        class_names = class_names or [str(i) for i in range(int(labels.max()) + 1 if labels.size else 0)]
-    if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise ReglError(f"{path}: labels outside 0..{len(class_names) - 1}")
+        try:
+            if b"regl" in meta:
+                class_names = json.loads(meta[b"regl"])["class_names"]
+            elif b"huggingface" in meta:
+                feats = json.loads(meta[b"huggingface"]).get("info", {}).get("features", {})
+                class_names = feats.get("label", {}).get("names")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ReglError(f"{path}: its 'regl' or 'huggingface' metadata is not readable JSON with class "
+                            f"names; remove it or rewrite the file") from None
+        if class_names is not None and not (isinstance(class_names, list)
+                                            and all(isinstance(n, str) for n in class_names)):
+            raise ReglError(f"{path}: the class names in its metadata are not a list of strings")
+    labels, class_names = _parquet_labels(path, table, class_names)
 
     def load(i: int) -> Image.Image:
         try:
             with Image.open(io.BytesIO(blobs[i])) as im:
                 im.load()
                 return im.copy()
-        except (UnidentifiedImageError, OSError, TypeError) as exc:
-            raise ReglError(f"{path}: row {i}: unreadable image ({exc})") from None
+        except DECODE_ERRORS as exc:
+            raise ReglError(f"{path}: row {i}: {undecodable(exc)}") from None
 
     return Split(labels, [f"{path.name}/{i}" for i in range(len(labels))], load), class_names
 
@@ -255,6 +299,9 @@ def load_hf(spec: str) -> SourceData:
     if image_col is None or label_col is None:
         raise ReglError(f"prepare.source = hf:{spec}: needs an Image and a ClassLabel column, has {dict(features)}")
     class_names = list(features[label_col].names)
+    if len(ds["train"]) == 0:
+        raise ReglError(f"prepare.source = hf:{spec}: the 'train' split holds no rows; a source needs images "
+                        f"with labels")
 
     def split(part) -> Split:
         return Split(np.asarray(part[label_col], dtype=np.int64), [f"{name}/{i}" for i in range(len(part))],

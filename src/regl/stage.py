@@ -26,9 +26,18 @@ def stage(name: str) -> Iterator[logging.Logger]:
     try:
         yield stage_log
     except ReglError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         raise SystemExit(2) from None
     stage_log.info("done in %.1f s", time.perf_counter() - start)
+
+
+def report(exc: ReglError) -> None:
+    """``error: <one line>`` on stderr, on a line of its own: progress bars cut short are closed first."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    print(f"error: {exc}", file=sys.stderr, flush=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:

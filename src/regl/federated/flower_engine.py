@@ -85,6 +85,7 @@ class FlowerClients:
         self.client_ids = sorted(setup.clients)
         self.config = ConfigRecord({"setup": json.dumps(setup.to_json()), "clients-dir": str(clients_dir),
                                     "synthetic-dir": str(synthetic_dir)})
+        self.nodes: dict[int, int] = {}  # client id -> node id
         self.nodes, self.counts = self._discover(wait_s)
 
     def _discover(self, wait_s: float) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
@@ -113,13 +114,28 @@ class FlowerClients:
         content["config"] = self.config
         return Message(content, dst_node_id=node, message_type=kind, group_id=str(self.round))
 
+    def _who(self, node: int) -> str:
+        client = next((c for c, n in self.nodes.items() if n == node), None)
+        return f"node {node}" if client is None else f"client {client} (node {node})"
+
     def _exchange(self, messages: list[Message]) -> list[Message]:
+        """Send and wait for every reply. A node that fails, or drops out (its SuperNode stopped: the SuperLink
+        answers for it once it misses its heartbeats, about a minute), ends the run with one line naming its
+        client; the stage has written nothing yet, so the outputs of an earlier run stay as they were."""
         replies = list(self.grid.send_and_receive(messages))
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        training = messages[0].metadata.message_type == MessageType.TRAIN
+        when = f"in round {self.round + 1}" if training else "before round 1"
+        advice = "nothing was written; restart its SuperNode and run federated_train again"
         for reply in replies:
             if reply.has_error():
-                raise ReglError(f"Flower node {reply.metadata.src_node_id}: {reply.error.reason}")
-        if len(replies) != len(messages):
-            raise ReglError(f"Flower: {len(messages) - len(replies)} of {len(messages)} nodes did not reply")
+                node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+                reason = (str(reply.error.reason).splitlines() or ["no reason given"])[0]
+                raise ReglError(f"Flower: {self._who(node)} failed {when} ({reason}); {advice}")
+        answered = {r.metadata.reply_to_message_id for r in replies}
+        silent = [node for mid, node in sent.items() if mid not in answered]
+        if silent:
+            raise ReglError(f"Flower: {', '.join(self._who(n) for n in silent)} did not reply {when}; {advice}")
         return replies
 
     def image_counts(self) -> tuple[int, int]:
