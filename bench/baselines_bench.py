@@ -32,9 +32,9 @@ from regl.client_data import ClientData
 from regl.device import resolve_device
 from regl.evaluation import evaluate
 from regl.federated.engine import Federation, InProcessClients
-from regl.images import decode_png
-from regl.federated.train_params import ALGORITHMS, TrainParams
 from regl.federated.registry import build_algorithm, projection_dim
+from regl.federated.train_params import ALGORITHMS, TrainParams
+from regl.images import decode_png
 from regl.models import build_model
 from regl.params import load_experiment, load_section
 from regl.partition import PartitionParams, split_clients

@@ -12,8 +12,14 @@ import typer
 
 from regl.atomic import write_text
 from regl.device import resolve_device
-from regl.evaluation import (PersonalizeMetrics, TrainMetrics, confusion_matrix, evaluation_report,
-                             predicted_classes, read_metrics)
+from regl.evaluation import (
+    PersonalizeMetrics,
+    TrainMetrics,
+    confusion_matrix,
+    evaluation_report,
+    predicted_classes,
+    read_metrics,
+)
 from regl.modelio import load_model
 from regl.naming import client_file, client_name
 from regl.params import load_experiment

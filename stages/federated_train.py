@@ -18,12 +18,12 @@ from regl.atomic import write_text
 from regl.checkpoint import CHECKPOINT_DIR, Checkpoint, code_fingerprint, fingerprint
 from regl.client_data import client_files, load_client
 from regl.device import resolve_device
+from regl.errors import ReglError
 from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup, curve_csv, make_federation, model_arch, train, train_metrics
 from regl.federated.train_params import TrainParams
-from regl.errors import ReglError
 from regl.images import decode_checked
 from regl.modelio import save_model
 from regl.params import load_experiment, load_section

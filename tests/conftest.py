@@ -86,8 +86,8 @@ TINY_GENERATOR = {
 
 def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
     """A scratch git + DVC repository at ``repo`` holding this pipeline, set to tiny data (1,000
-    Fashion-MNIST-shaped training images over three clients), tiny generator settings, two rounds of one local epoch, one epoch
-    of personalization, and ``params``."""
+    Fashion-MNIST-shaped training images over three clients), tiny generator settings, two rounds of one local
+    epoch, one epoch of personalization, and ``params``."""
     repo.mkdir(parents=True)
     for name in PIPELINE_FILES:
         src = REPO / name

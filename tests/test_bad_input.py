@@ -268,7 +268,8 @@ def personal_metrics(clients=(0, 1, 2), after="0.5") -> str:
 
 
 @pytest.mark.parametrize("train_json,personal_json,expected", [
-    ('{"algorithm": "fedavg", ', personal_metrics(), ("metrics/train.json: not valid JSON", "dvc repro federated_train")),
+    ('{"algorithm": "fedavg", ', personal_metrics(),
+     ("metrics/train.json: not valid JSON", "dvc repro federated_train")),
     ('{"algorithm": "fedavg"}', personal_metrics(), ("metrics/train.json: synthetic missing",)),
     ('{"algorithm": "fedavg", "synthetic": false}', personal_metrics(clients=(0, 1)),
      ("metrics/personalize.json: no result for client(s) [2]", "dvc repro personalize")),

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from regl.client_data import ClientData
-from regl.federated.algorithm import ClientResult
 from regl.evaluation import evaluate
+from regl.federated.algorithm import ClientResult
 from regl.federated.engine import Federation, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train_params import ALGORITHMS, TrainParams

@@ -5,11 +5,11 @@ import logging
 
 import pytest
 import torch
+from test_federated import federation, make_clients
 
 from regl.federated.train import RunSetup, chance_check_round, converged, train, train_metrics
 from regl.federated.train_params import TrainParams
 from regl.training import SGDParams, samples_seen, train_epochs
-from test_federated import federation, make_clients
 
 
 def counting_hook(seen):

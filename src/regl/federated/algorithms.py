@@ -1,7 +1,7 @@
 """FedProx, FedAvgM, FedOpt (FedAdam, FedYogi, FedAdagrad) and FedNova: FedAvg with one hook changed each.
 
-The rules are those of docs/algorithms.md; SCAFFOLD and MOON, which keep per-client state, have their own modules. Server
-rules see the trainable parameters only (``Algorithm.aggregate`` averages the buffers), in float64.
+The rules are those of docs/algorithms.md; SCAFFOLD and MOON, which keep per-client state, have their own
+modules. Server rules see the trainable parameters only (``Algorithm.aggregate`` averages the buffers), in float64.
 """
 
 from __future__ import annotations
