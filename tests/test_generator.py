@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from regl.generator import tinysd
 from regl.generator.base import MANIFEST, load_pipeline
-from regl.generator.lora import FinetuneParams, finetune, load_lora, save_lora
+from regl.generator.lora import FinetuneParams, finetune, load_lora, prior_images, save_lora
 from regl.generator.sample import GenerateParams, generate, per_class
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -89,6 +89,21 @@ def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):
     assert np.array_equal(generate(fresh, prompts, latents, FAST_SAMPLE, lora_scale=0.0), vanilla)
     assert not np.array_equal(trained, vanilla)  # the adapter does something
     assert vanilla.shape == (10, 16, 16, 3)  # the checkpoint's own side and channels
+
+
+def test_prior_images_follow_the_generate_sections_sampler(rgb_checkpoint, tmp_path):
+    """Prior-preservation images are made with params.yaml's generate.{scheduler,steps,batch_size} (they used code
+    defaults), at finetune's caption and prior guidance scale: the prompt and LoRA scale of generate do not apply."""
+    pipe = load_pipeline(as_base(rgb_checkpoint, tmp_path))
+    _, labels = client_images()
+    cfg = FAST_LORA.model_copy(update={"prior_images_per_class": 1})
+    two, prior_labels = prior_images(pipe, labels, CLASSES, cfg, GenerateParams(steps=2, batch_size=8), client=0)
+    three, _ = prior_images(pipe, labels, CLASSES, cfg, GenerateParams(steps=3, batch_size=8), client=0)
+    other, _ = prior_images(pipe, labels, CLASSES, cfg,
+                            GenerateParams(steps=2, batch_size=8, prompt="x {class}", lora_scale=0.1), client=0)
+    assert sorted(set(prior_labels)) == [k for k in range(10) if k not in (0, 3)]  # the classes it does not hold
+    assert not np.array_equal(two, three)
+    assert np.array_equal(two, other)
 
 
 def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_path):
