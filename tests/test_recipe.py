@@ -31,6 +31,23 @@ def test_step_budget_takes_exactly_k_steps_across_passes(steps):
     assert sum(seen) == samples_seen(10, 4, steps)
 
 
+def test_training_flushes_subnormals_only_while_it_trains():
+    # The flush is process-wide processor state; leaking it broke hypothesis (it refuses to draw floats when
+    # subnormals read as zero) in whatever test ran after a training test.
+    tiny = 5e-324  # the smallest subnormal double
+    flushed_inside = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 4))
+    c = make_clients([10])[0]
+
+    def hook(model, xb, yb):
+        flushed_inside.append(tiny * 1.0 == 0.0)
+        return torch.nn.functional.cross_entropy(model(xb), yb)
+
+    train_epochs(model, c.x, c.y, SGDParams(batch_size=4), 1, 0, "k", loss_hook=hook)
+    assert all(flushed_inside)
+    assert tiny * 1.0 > 0.0
+
+
 def test_samples_seen_counts_short_last_batches():
     assert [samples_seen(10, 4, k) for k in (1, 2, 3, 4, 6, 7)] == [4, 8, 10, 14, 20, 24]
 

@@ -6,7 +6,8 @@ reference classifier call it without.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,29 +51,47 @@ def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: SGDPar
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    # Subnormal floats (the gradients of a trained GroupNorm cnn at lr 0.05 reach them) make CPU arithmetic many
-    # times slower: measured, a federated round of trained models took 2x a centralized epoch from init; flushed
-    # to zero, 0.9-1.1x. Process-wide, so every classifier-training process (stage or Flower ClientApp) does it.
-    torch.set_flush_denormal(True)
-    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
+    model.train()
     taken, epoch = 0, 0
-    while (taken < steps) if steps is not None else (epoch < epochs):
-        for idx in batch_order(len(y), sgd.batch_size, seed, *keys, "epoch", epoch):
-            if steps is not None and taken >= steps:
-                break
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if before_step is not None:
-                before_step(model)
-            opt.step()
-            if after_step is not None:
-                after_step(model)
-            taken += 1
-        epoch += 1
+    with subnormals_flushed():
+        while (taken < steps) if steps is not None else (epoch < epochs):
+            for idx in batch_order(len(y), sgd.batch_size, seed, *keys, "epoch", epoch):
+                if steps is not None and taken >= steps:
+                    break
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if before_step is not None:
+                    before_step(model)
+                opt.step()
+                if after_step is not None:
+                    after_step(model)
+                taken += 1
+            epoch += 1
     return taken
+
+
+def _flushing_subnormals() -> bool:
+    return (torch.tensor([1e-310], dtype=torch.float64) * 1.0).item() == 0.0
+
+
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """Flush subnormal floats to zero inside the block, and restore the processor's previous mode after it.
+
+    Subnormals (the gradients of a trained GroupNorm cnn at lr 0.05 reach them) make CPU arithmetic many times
+    slower: measured, a federated round of trained models took 2x a centralized epoch from init; flushed, 0.9-1.1x.
+    The mode is process-wide processor state, so it must not leak: other code in the process (hypothesis, numpy)
+    relies on IEEE subnormals.
+    """
+    was = _flushing_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was)
 
 
 def samples_seen(n: int, batch_size: int, steps: int) -> int:
