@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no cell {sorted(unknown)} in grid {args.grid}; cells: {', '.join(cells)}")
     threads = max(1, args.cores // args.workers)
     done = set() if args.dry_run else existing_names()
-    for cell, overrides in cells.items():
-        if args.cells and cell not in args.cells:
-            continue
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: every cell has one run before any has three
+        for cell, overrides in cells.items():
+            if args.cells and cell not in args.cells:
+                continue
             name = f"{cell}-s{seed}"
             if name in done:
                 print(f"skip {name}: ran already", flush=True)
