@@ -114,7 +114,7 @@ def test_failed_and_unfinished_runs_are_skipped_with_a_note():
     found, skipped = read_runs(exp_show(failed, unfinished, *good))
     assert [r.name for r in found] == ["r0"]
     assert any(s.startswith("boom: ") and "failed" in s for s in skipped)
-    assert "half: no metrics/train.json" in skipped
+    assert "half: no training metrics (train.json)" in skipped
 
 
 def test_report_command_notes_skipped_runs_and_does_not_crash(tmp_path):

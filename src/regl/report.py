@@ -131,7 +131,7 @@ def read_runs(exp_show: list[dict[str, Any]]) -> tuple[list[Run], list[str]]:
             continue
         if not params or not _file(data, "metrics", "train.json"):
             if data is not base:  # a commit without metrics is no run; an experiment without them did not finish
-                skipped.append(f"{name}: no metrics/train.json")
+                skipped.append(f"{name}: no training metrics (train.json)")
             continue
         files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json")}
         metrics = {col: _number(files[f].get(key)) for col, (f, key) in METRICS.items()}
