@@ -115,3 +115,40 @@ def test_shard_round_trip_is_byte_stable_and_readable_by_datasets(tmp_path, fake
 def test_shard_rejects_mismatched_columns():
     with pytest.raises(ValueError):
         Shard(images=[b"x"], labels=[0, 1], class_names=["a", "b"])
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [3, 4, 10], list(range(1, 23))])
+def test_shard_written_in_pieces_is_the_same_bytes_and_read_back_in_pieces(tmp_path, monkeypatch, cuts):
+    """ShardWriter closes a row group at ROW_GROUP_SIZE rows or ROW_GROUP_BYTES of images, whichever comes
+    first, however the rows are handed to it; iter_rows reads chosen rows back a row group at a time."""
+    import pyarrow.parquet as pq
+
+    from regl import shards
+
+    gen = np.random.default_rng(0)
+    images = [gen.bytes(int(n)) for n in gen.integers(100, 400, size=23)]
+    shard = Shard(images, np.arange(23) % 3, ["a", "b", "c"], columns={"id": [f"x/{i}" for i in range(23)]},
+                  meta={"split": "train"})
+    monkeypatch.setattr(shards, "ROW_GROUP_SIZE", 5)
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 700)
+    write_shard(tmp_path / "whole.parquet", shard)
+    bounds = [0, *cuts, 23]
+    shards.write_pieces(tmp_path / "pieces.parquet", shard.class_names, shard.meta,
+                        (shard.take(np.arange(a, b)) for a, b in zip(bounds, bounds[1:])))
+    assert (tmp_path / "pieces.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+
+    meta = pq.ParquetFile(tmp_path / "whole.parquet").metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    start = 0
+    for n in sizes:
+        group = [len(b) for b in images[start : start + n]]
+        assert n <= 5 and (n == 5 or sum(group) >= 700 or start + n == 23) and sum(group[:-1]) < 700
+        start += n
+    assert len(sizes) > 5
+
+    wanted = np.array([0, 4, 5, 6, 17, 22])
+    pieces = list(shards.iter_rows(tmp_path / "whole.parquet", wanted))
+    assert len(pieces) > 1
+    assert [b for p in pieces for b in p.images] == [images[i] for i in wanted]
+    assert [r for p in pieces for r in p.rows] == wanted.tolist()
+    assert [i for p in pieces for i in p.columns["id"]] == [f"x/{i}" for i in wanted]

@@ -160,6 +160,7 @@ class ShardWriter:
                 end = len(p)
             self._write_table(to_table(p.take(np.arange(end))))
             p = self._pending = p.take(np.arange(end, len(p)))
+            p.rows = None  # pending rows are appended to: no row numbers to keep in step
 
     def _write_table(self, table: pa.Table) -> None:
         if self._writer is None:
