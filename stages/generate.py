@@ -35,7 +35,7 @@ def main(
     vanilla_out: Path = typer.Option(Path("data/vanilla"), help="LoRA-scale-0 comparison shards"),
     grids: Path = typer.Option(Path("plots/generator"), help="sample grids"),
 ) -> None:
-    with stage("generate") as log:
+    with stage("generate", params) as log:
         g = load_section(params, "generate", GenerateParams)
         real, adapter = client_file(clients, client), lora / client_name(client)
         # finished chunks wait beside the output until the run completes; a rerun with the same params, inputs

@@ -27,7 +27,7 @@ def main(
     reference: Path = typer.Option(Path("models/reference_classifier")),
     metrics: Path = typer.Option(Path("metrics/generator.json")),
 ) -> None:
-    with stage("generator_quality") as log:
+    with stage("generator_quality", params) as log:
         exp = load_experiment(params)
         model, config = load_reference(reference)
         per_client, per_class = {}, []

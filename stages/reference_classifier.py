@@ -26,7 +26,7 @@ def main(
     out: Path = typer.Option(Path("models/reference_classifier")),
     metrics: Path = typer.Option(Path("metrics/reference_classifier.json")),
 ) -> None:
-    with stage("reference_classifier") as log:
+    with stage("reference_classifier", params) as log:
         p = load_section(params, "reference_classifier", ReferenceClassifierParams)
         train, test = read_shard(prepared / "train.parquet"), read_shard(prepared / "test.parquet")
         model, config = train_reference(train, p)
