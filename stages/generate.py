@@ -10,6 +10,7 @@ run resumes from its last finished chunk and ends with the same bytes.
 
 from pathlib import Path
 
+import torch
 import typer
 
 from regl.chunks import Chunks, run_key
@@ -38,10 +39,11 @@ def main(
     with stage("generate", params) as log:
         g = load_section(params, "generate", GenerateParams)
         real, adapter = client_file(clients, client), lora / client_name(client)
-        # finished chunks wait beside the output until the run completes; a rerun with the same params, inputs
-        # and code resumes from them, anything else starts over
+        # finished chunks wait beside the output until the run completes; a rerun with the same params, inputs,
+        # code and thread count (float sums, hence pixels, depend on it) resumes from them, anything else starts over
+        config = {"generate": g.model_dump(), "client": client, "threads": torch.get_num_threads()}
         chunks = Chunks(client_file(out, client, ".parquet.partial"),
-                        run_key("generate", {"generate": g.model_dump(), "client": client}, [generator, adapter, real]))
+                        run_key("generate", config, [generator, adapter, real]))
         result = synthesize(load_pipeline(generator), real, adapter, g, client, client_file(out, client),
                             client_file(vanilla_out, client), chunks)
         chunks.remove()
