@@ -11,7 +11,8 @@ of a few thousand 512 px images through the chunked generate path. Prints one JS
    generate@<id> runs — writing chunk by chunk: images/s, peak GPU memory, and the host's resident memory after
    every chunk (it should stay flat: one chunk of encoded images is held, never the shard).
 
-    python bench/gpu_scale.py                 # needs CUDA; about 5 minutes on an H100
+    python bench/gpu_scale.py                 # needs CUDA; about 7 minutes on an H100 (estimate, not yet run)
+    python bench/gpu_scale.py --skip stage    # parts can be skipped; --per-class 60 halves the generation
     python bench/gpu_scale.py --smoke         # tiny sizes, runs on the CPU (checks the script, not the figures)
 """
 
@@ -177,7 +178,7 @@ def federated_stage_bench(args, dev, root: Path) -> dict:
 
     work = root / "stage"
     work.mkdir()
-    make_source(work / "source.parquet", args.clients * args.per_client + 200)
+    make_source(work / "source.parquet", args.stage_images)
     params = {"clients": list(range(args.clients)), "beta": 1000.0,
               "prepare": {"source": f"parquet:{work / 'source.parquet'}", "image_size": args.side, "channels": 3,
                           "public_fraction": 0.05, "test_fraction": 0.05},
@@ -209,9 +210,9 @@ def federated_stage_bench(args, dev, root: Path) -> dict:
             continue
         sync(dev)
         secs = time.perf_counter() - start
-        rows.append({"precision": precision, "images": args.clients * args.per_client, "seconds": round(secs, 2),
-                     "images_per_s_incl_setup": round(args.clients * args.per_client / secs, 1),
-                     "peak_gib": peak_gib(dev)})
+        images = json.loads((work / "train.json").read_text()).get("real_images", args.stage_images)
+        rows.append({"precision": precision, "images": images, "seconds": round(secs, 2),
+                     "images_per_s_incl_setup": round(images / secs, 1), "peak_gib": peak_gib(dev)})
         print("stage:", rows[-1], file=sys.stderr, flush=True)
     return {"rows": rows}
 
@@ -297,7 +298,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--per-client", type=int, default=2500, help="images per client in the classifier round")
     ap.add_argument("--batch", type=int, default=128, help="classifier batch")
-    ap.add_argument("--per-class", type=int, default=200, help="generated images per class (10 classes)")
+    ap.add_argument("--stage-images", type=int, default=2000, help="source images for the federated_train stage")
+    ap.add_argument("--per-class", type=int, default=120, help="generated images per class (10 classes)")
     ap.add_argument("--gen-batch", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=256, help="generate.chunk_size")
     ap.add_argument("--steps", type=int, default=20, help="sampling steps")
@@ -306,7 +308,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["classifier", "stage", "generate"])
     args = ap.parse_args()
     if args.smoke:
-        args.side, args.clients, args.per_client, args.batch = 32, 2, 24, 8
+        args.side, args.clients, args.per_client, args.batch, args.stage_images = 32, 2, 24, 8, 60
         args.per_class, args.gen_batch, args.chunk, args.steps, args.data_side = 3, 4, 8, 2, 32
     if not torch.cuda.is_available() and not args.smoke:
         raise SystemExit("error: no CUDA device (use --smoke to check the script on the CPU)")
