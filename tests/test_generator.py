@@ -195,6 +195,25 @@ def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpo
     assert made[0] == ("vanilla", 0) and len(made) == 12
 
 
+def test_chunk_key_follows_params_and_input_bytes_and_a_new_key_discards_the_chunks(tmp_path):
+    from regl.chunks import Chunks, run_key
+    from regl.shards import Shard
+
+    base = tmp_path / "generator"
+    base.mkdir()
+    (base / "weights.bin").write_bytes(b"a")
+    key = run_key("generate", {"generate": {"steps": 2}}, [base])
+    assert run_key("generate", {"generate": {"steps": 2}}, [base]) == key
+    assert run_key("generate", {"generate": {"steps": 3}}, [base]) != key
+    (base / "weights.bin").write_bytes(b"b")  # a file inside an input folder
+    assert run_key("generate", {"generate": {"steps": 2}}, [base]) != key
+
+    Chunks(tmp_path / "partial", key).write("synthetic", 0, Shard([b"x"], [0], ["a"]))
+    assert Chunks(tmp_path / "partial", key).done("synthetic", 0)
+    assert not Chunks(tmp_path / "partial", "another key").done("synthetic", 0)
+    assert not Chunks(tmp_path / "partial", key).done("synthetic", 0)  # gone for good
+
+
 # --- the pipeline through DVC: one scratch repository, run once, shared by the tests below ---------------
 
 GENERATED = ["data/synthetic/client_0.parquet", "data/synthetic/client_1.parquet",
