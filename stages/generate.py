@@ -3,20 +3,23 @@
 Writes data/synthetic/client_<id>.parquet (the adapted images: `generate.images_per_class` per class, the
 shard federated training reads), data/vanilla/client_<id>.parquet (the same seeds at LoRA scale 0, for the
 client's own classes in full and one per other class: the comparison the quality figures need) and
-plots/generator/client_<id>.png (real / vanilla / adapted, one row per class).
+plots/generator/client_<id>.png (real / vanilla / adapted, one row per class). Made in chunks of
+`generate.chunk_size` images kept in data/synthetic/client_<id>.parquet.partial/ until the run completes: a killed
+run resumes from its last finished chunk and ends with the same bytes.
 """
 
 from pathlib import Path
 
+import torch
 import typer
 
+from regl.chunks import Chunks, run_key
 from regl.generator.base import load_pipeline
 from regl.generator.generate import GenerateParams, synthesize
 from regl.generator.grid import sample_grid
 from regl.naming import client_file, client_name
 from regl.params import load_section
 from regl.plots import save_figure
-from regl.shards import read_shard, write_shard
 from regl.stage import stage
 
 app = typer.Typer(add_completion=False)
@@ -35,11 +38,18 @@ def main(
 ) -> None:
     with stage("generate", params) as log:
         g = load_section(params, "generate", GenerateParams)
-        real = read_shard(client_file(clients, client))
-        result = synthesize(load_pipeline(generator), real, lora / client_name(client), g, client)
-        log.info("client %d: %d adapted and %d vanilla images", client, len(result.adapted), len(result.vanilla))
-        write_shard(client_file(out, client), result.adapted)
-        write_shard(client_file(vanilla_out, client), result.vanilla)
+        real, adapter = client_file(clients, client), lora / client_name(client)
+        # finished chunks wait beside the output until the run completes; a rerun with the same params, inputs,
+        # code and thread count (float sums, hence pixels, depend on it) resumes from them, anything else starts over
+        config = {"generate": g.model_dump(), "client": client, "threads": torch.get_num_threads()}
+        chunks = Chunks(client_file(out, client, ".parquet.partial"),
+                        run_key("generate", config, [generator, adapter, real]))
+        result = synthesize(load_pipeline(generator), real, adapter, g, client, client_file(out, client),
+                            client_file(vanilla_out, client), chunks)
+        chunks.remove()
+        resumed = sum(-(-n // g.chunk) for n in (result.adapted, result.vanilla)) - len(result.made)
+        log.info("client %d: %d adapted and %d vanilla images (%d chunk(s) made, %d resumed)", client,
+                 result.adapted, result.vanilla, len(result.made), resumed)
         save_figure(sample_grid(result.grid, f"{client_name(client)}: {g.prompt}", g.lora_scale),
                     client_file(grids, client, ".png"))
 

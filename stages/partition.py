@@ -15,7 +15,7 @@ from regl.params import load_experiment, load_section
 from regl.partition import PartitionParams, local_test_view, split_clients, summary
 from regl.plots import count_heatmap, save_figure
 from regl.seeding import rng
-from regl.shards import read_shard, write_shard
+from regl.shards import iter_rows, read_labels, read_meta, write_pieces
 from regl.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
@@ -33,30 +33,25 @@ def main(
     with stage("partition") as log:
         exp = load_experiment(params)
         p = load_section(params, "partition", PartitionParams)
-        train, test = read_shard(prepared / "train.parquet"), read_shard(prepared / "test.parquet")
-        names = train.class_names
-        result = split_clients(train.labels, len(names), len(exp.clients), exp.beta, p.scheme, p.min_size,
+        train_file, test_file = prepared / "train.parquet", prepared / "test.parquet"
+        labels, names = read_labels(train_file)
+        test_labels, _ = read_labels(test_file)
+        result = split_clients(labels, len(names), len(exp.clients), exp.beta, p.scheme, p.min_size,
                                p.max_tries, p.classes_per_client, rng(p.seed, "partition"))
-        log.info("%s split of %d images over %d clients (%d draw(s))", p.scheme, len(train), len(exp.clients),
+        log.info("%s split of %d images over %d clients (%d draw(s))", p.scheme, len(labels), len(exp.clients),
                  result.tries)
 
-        shards, views = [], []
-        for client, idx in zip(exp.clients, result.indices):
-            shard = train.take(idx)
-            shard.meta = {**shard.meta, "client": client, "split": "train"}
-            view = test.take(local_test_view(test.labels, shard.class_counts(), p.local_test_size,
-                                             rng(p.seed, "local_test", client)))
-            view.meta = {**view.meta, "client": client, "split": "local_test"}
-            shards.append(shard)
-            views.append(view)
-
-        counts = np.stack([s.class_counts() for s in shards])
-        with atomic_dir(clients_out) as tmp:
-            for client, shard in zip(exp.clients, shards):
-                write_shard(client_file(tmp, client), shard)
-        with atomic_dir(local_test_out) as tmp:
-            for client, view in zip(exp.clients, views):
-                write_shard(client_file(tmp, client), view)
+        # streamed: each client's rows are copied row group by row group, never the whole pool in memory
+        counts = np.stack([np.bincount(labels[idx], minlength=len(names)) for idx in result.indices])
+        views = [local_test_view(test_labels, c, p.local_test_size, rng(p.seed, "local_test", client))
+                 for client, c in zip(exp.clients, counts)]
+        for folder, source, rows, split in ((clients_out, train_file, result.indices, "train"),
+                                            (local_test_out, test_file, views, "local_test")):
+            meta = read_meta(source)
+            with atomic_dir(folder) as tmp:
+                for client, idx in zip(exp.clients, rows):
+                    write_pieces(client_file(tmp, client), names, {**meta, "client": client, "split": split},
+                                 iter_rows(source, idx))
         write_json(metrics, summary(exp.clients, counts, [len(v) for v in views], names, p.scheme, exp.beta,
                                     result.tries))
         title = f"{p.scheme} label split" + (f", beta = {exp.beta:g}" if p.scheme == "dirichlet" else "")

@@ -7,7 +7,6 @@ import typer
 from regl.atomic import atomic_dir
 from regl.params import load_section
 from regl.prepare import PrepareParams, prepare
-from regl.shards import write_shard
 from regl.sources import load_source
 from regl.stage import stage
 
@@ -22,12 +21,9 @@ def main(
     with stage("prepare") as log:
         p = load_section(params, "prepare", PrepareParams)
         data = load_source(p.source, p.fashion_mnist_dir)
-        result = prepare(data, p)
         with atomic_dir(out) as tmp:
-            for name in ("train", "test", "public"):
-                write_shard(tmp / f"{name}.parquet", getattr(result, name))
-        log.info("wrote %s: %d train, %d test, %d public", out, len(result.train), len(result.test),
-                 len(result.public))
+            counts = prepare(data, p, tmp)
+        log.info("wrote %s: %d train, %d test, %d public", out, counts["train"], counts["test"], counts["public"])
 
 
 if __name__ == "__main__":

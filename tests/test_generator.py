@@ -145,6 +145,73 @@ def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_pat
     vanilla = read_shard(tmp_path / "vanilla/client_0.parquet")
     assert np.bincount(vanilla.labels).tolist() == [2, 1, 1, 2, 1, 1, 1, 1, 1, 1]  # own classes in full
     assert (tmp_path / "grids/client_0.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == ["client_0.parquet"]  # no chunks left
+
+
+def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpoint, tmp_path):
+    """generate writes chunk by chunk; a run killed after some chunks resumes from the last finished one (makes
+    only the missing chunks) and writes the same bytes as an uninterrupted run; other params discard the chunks."""
+    from regl.chunks import Chunks
+    from regl.generator.generate import synthesize
+    from regl.images import encode_many
+    from regl.shards import Shard, read_shard, write_shard
+
+    base = as_base(rgb_checkpoint, tmp_path)
+    pixels, labels = client_images()
+    real = tmp_path / "client_0.parquet"
+    write_shard(real, Shard(encode_many(pixels), labels, CLASSES))
+    pipe = load_pipeline(base)
+    finetune(pipe, pixels, labels, CLASSES, FAST_LORA, GenerateParams(), client=0)
+    save_lora(pipe, tmp_path / "lora")
+    g = GenerateParams(images_per_class=3, steps=2, batch_size=4, chunk_size=3)  # chunks of 4: 8 + 4 of them
+
+    def run(name: str, key: str = "k", stop_after: tuple[str, int] | None = None):
+        out = tmp_path / name
+        made = []
+
+        def hook(kind: str, index: int) -> None:
+            made.append((kind, index))
+            if (kind, index) == stop_after:
+                raise KeyboardInterrupt  # what a kill leaves: the chunks finished so far, no output
+        result = synthesize(load_pipeline(base), real, tmp_path / "lora", g, 0, out / "synthetic.parquet",
+                            out / "vanilla.parquet", Chunks(tmp_path / "partial" / name, key), on_chunk=hook)
+        assert result.made == made
+        return out, made
+
+    whole, made = run("whole")
+    assert made == [("vanilla", i) for i in range(4)] + [("synthetic", i) for i in range(8)]
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", stop_after=("synthetic", 2))
+    assert not (tmp_path / "resumed/synthetic.parquet").exists()
+    resumed, made = run("resumed")
+    assert made == [("synthetic", i) for i in range(3, 8)]  # only what was missing
+    for name in ("synthetic.parquet", "vanilla.parquet"):
+        assert sha(resumed / name) == sha(whole / name), name
+    assert len(read_shard(whole / "synthetic.parquet")) == 30
+
+    with pytest.raises(KeyboardInterrupt):
+        run("changed", stop_after=("vanilla", 1))
+    changed, made = run("changed", key="other params")  # another fingerprint: the chunks are not reused
+    assert made[0] == ("vanilla", 0) and len(made) == 12
+
+
+def test_chunk_key_follows_params_and_input_bytes_and_a_new_key_discards_the_chunks(tmp_path):
+    from regl.chunks import Chunks, run_key
+    from regl.shards import Shard
+
+    base = tmp_path / "generator"
+    base.mkdir()
+    (base / "weights.bin").write_bytes(b"a")
+    key = run_key("generate", {"generate": {"steps": 2}}, [base])
+    assert run_key("generate", {"generate": {"steps": 2}}, [base]) == key
+    assert run_key("generate", {"generate": {"steps": 3}}, [base]) != key
+    (base / "weights.bin").write_bytes(b"b")  # a file inside an input folder
+    assert run_key("generate", {"generate": {"steps": 2}}, [base]) != key
+
+    Chunks(tmp_path / "partial", key).write("synthetic", 0, Shard([b"x"], [0], ["a"]))
+    assert Chunks(tmp_path / "partial", key).done("synthetic", 0)
+    assert not Chunks(tmp_path / "partial", "another key").done("synthetic", 0)
+    assert not Chunks(tmp_path / "partial", key).done("synthetic", 0)  # gone for good
 
 
 # --- the pipeline through DVC: one scratch repository, run once, shared by the tests below ---------------

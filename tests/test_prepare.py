@@ -1,6 +1,7 @@
 """Sources, the prepare cuts, and the Parquet shard format."""
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +13,15 @@ from regl.shards import Shard, read_shard, write_shard
 from regl.sources import FASHION_MNIST_CLASSES, load_source
 
 
-def test_fashion_mnist_cuts_are_disjoint_stratified_and_named(fake_fmnist):
+def prepared(data, params, folder):
+    """Run prepare into ``folder`` and read its three shards back."""
+    prepare(data, params, folder)
+    return SimpleNamespace(**{n: read_shard(folder / f"{n}.parquet") for n in ("train", "test", "public")})
+
+
+def test_fashion_mnist_cuts_are_disjoint_stratified_and_named(fake_fmnist, tmp_path):
     data = load_source("fashion-mnist", str(fake_fmnist))
-    out = prepare(data, PrepareParams(public_fraction=0.2, max_train=500, max_test=100))
+    out = prepared(data, PrepareParams(public_fraction=0.2, max_train=500, max_test=100), tmp_path / "prepared")
     assert out.train.class_names == FASHION_MNIST_CLASSES
     train_ids, public_ids = set(out.train.columns["id"]), set(out.public.columns["id"])
     assert not train_ids & public_ids
@@ -26,8 +33,9 @@ def test_fashion_mnist_cuts_are_disjoint_stratified_and_named(fake_fmnist):
     assert pixels.shape == (500, 32, 32, 1) and pixels.dtype == np.uint8
 
 
-def test_without_a_cap_every_training_image_is_in_train_or_public(fake_fmnist):
-    out = prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(public_fraction=0.1))
+def test_without_a_cap_every_training_image_is_in_train_or_public(fake_fmnist, tmp_path):
+    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(public_fraction=0.1),
+                   tmp_path / "prepared")
     ids = out.train.columns["id"] + out.public.columns["id"]
     assert sorted(ids) == sorted(f"fashion-mnist/train/{i}" for i in range(1000))
 
@@ -54,7 +62,7 @@ def test_imagefolder_gets_a_stratified_test_split(tmp_path):
     make_imagefolder(tmp_path / "pets", per_class=10)
     data = load_source(f"imagefolder:{tmp_path / 'pets'}", "")
     assert data.class_names == ["cat", "dog", "fox"] and data.test is None
-    out = prepare(data, PrepareParams(image_size=16, test_fraction=0.2, public_fraction=0.0))
+    out = prepared(data, PrepareParams(image_size=16, test_fraction=0.2, public_fraction=0.0), tmp_path / "prepared")
     assert np.array_equal(out.test.class_counts(), [2, 2, 2])
     assert len(out.train) == 24 and len(out.public) == 0
     assert out.train.pixels().shape[1:] == (16, 16, 3)
@@ -66,11 +74,12 @@ def test_imagefolder_unreadable_image_is_named(tmp_path):
     (tmp_path / "pets" / "dog" / "broken.png").write_bytes(b"not a png at all")
     data = load_source(f"imagefolder:{tmp_path / 'pets'}", "")
     with pytest.raises(ReglError, match=r"dog/broken\.png: unreadable image"):
-        prepare(data, PrepareParams(image_size=16, public_fraction=0.0))
+        prepared(data, PrepareParams(image_size=16, public_fraction=0.0), tmp_path / "prepared")
 
 
 def test_parquet_source_reads_our_shards_and_plain_files(tmp_path, fake_fmnist):
-    out = prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=50, max_test=20))
+    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=50, max_test=20),
+                   tmp_path / "prepared")
     write_shard(tmp_path / "train.parquet", out.train)
     write_shard(tmp_path / "test.parquet", out.test)
     data = load_source(f"parquet:{tmp_path}", "")
@@ -88,7 +97,8 @@ def test_parquet_source_reads_our_shards_and_plain_files(tmp_path, fake_fmnist):
 
 
 def test_shard_round_trip_is_byte_stable_and_readable_by_datasets(tmp_path, fake_fmnist):
-    out = prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=40, max_test=10))
+    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=40, max_test=10),
+                   tmp_path / "prepared")
     write_shard(tmp_path / "a.parquet", out.train)
     write_shard(tmp_path / "b.parquet", read_shard(tmp_path / "a.parquet"))
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
@@ -105,3 +115,40 @@ def test_shard_round_trip_is_byte_stable_and_readable_by_datasets(tmp_path, fake
 def test_shard_rejects_mismatched_columns():
     with pytest.raises(ValueError):
         Shard(images=[b"x"], labels=[0, 1], class_names=["a", "b"])
+
+
+@pytest.mark.parametrize("cuts", [[], [1], [3, 4, 10], list(range(1, 23))])
+def test_shard_written_in_pieces_is_the_same_bytes_and_read_back_in_pieces(tmp_path, monkeypatch, cuts):
+    """ShardWriter closes a row group at ROW_GROUP_SIZE rows or ROW_GROUP_BYTES of images, whichever comes
+    first, however the rows are handed to it; iter_rows reads chosen rows back a row group at a time."""
+    import pyarrow.parquet as pq
+
+    from regl import shards
+
+    gen = np.random.default_rng(0)
+    images = [gen.bytes(int(n)) for n in gen.integers(100, 400, size=23)]
+    shard = Shard(images, np.arange(23) % 3, ["a", "b", "c"], columns={"id": [f"x/{i}" for i in range(23)]},
+                  meta={"split": "train"})
+    monkeypatch.setattr(shards, "ROW_GROUP_SIZE", 5)
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 700)
+    write_shard(tmp_path / "whole.parquet", shard)
+    bounds = [0, *cuts, 23]
+    shards.write_pieces(tmp_path / "pieces.parquet", shard.class_names, shard.meta,
+                        (shard.take(np.arange(a, b)) for a, b in zip(bounds, bounds[1:])))
+    assert (tmp_path / "pieces.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+
+    meta = pq.ParquetFile(tmp_path / "whole.parquet").metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    start = 0
+    for n in sizes:
+        group = [len(b) for b in images[start : start + n]]
+        assert n <= 5 and (n == 5 or sum(group) >= 700 or start + n == 23) and sum(group[:-1]) < 700
+        start += n
+    assert len(sizes) > 5
+
+    wanted = np.array([0, 4, 5, 6, 17, 22])
+    pieces = list(shards.iter_rows(tmp_path / "whole.parquet", wanted))
+    assert len(pieces) > 1
+    assert [b for p in pieces for b in p.images] == [images[i] for i in wanted]
+    assert [r for p in pieces for r in p.rows] == wanted.tolist()
+    assert [i for p in pieces for i in p.columns["id"]] == [f"x/{i}" for i in wanted]

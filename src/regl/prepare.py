@@ -1,4 +1,5 @@
-"""The prepare stage's work: a source becomes three Parquet shards, train / test / public.
+"""The prepare stage's work: a source becomes three Parquet shards, train / test / public, streamed (labels
+first, to choose the cuts; then the chosen images, a piece at a time).
 
 Order of the cuts (each seeded, each stratified by class):
 1. a source without a test split gets one (``test_fraction`` of its training images);
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Iterator, Literal
 
 import numpy as np
 from pydantic import Field
@@ -22,7 +24,7 @@ from regl.images import conform, encode_png, resize
 from regl.params import Section
 from regl.sampling import stratified_counts, stratified_pick, stratified_split
 from regl.seeding import rng
-from regl.shards import Shard
+from regl.shards import Shard, write_pieces
 from regl.sources import SourceData, Split
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,24 @@ class PrepareParams(Section):
     seed: int = Field(0, ge=0)
 
 
+# images encoded per piece handed to the shard writer; memory holds one piece and one row group
+ENCODE_BATCH = 256
+
+
 @dataclass
-class Prepared:
-    train: Shard
-    test: Shard
-    public: Shard
+class Cut:
+    """One output shard: rows ``indices`` (sorted) of ``split``."""
+
+    split: Split
+    indices: np.ndarray
+
+
+@dataclass
+class Plan:
+    """What prepare writes: the train, test and public cuts, at ``channels`` channels."""
+
+    cuts: dict[str, Cut]
+    channels: int
 
 
 def _cap(labels: np.ndarray, cap: int | None, num_classes: int, gen: np.random.Generator) -> np.ndarray:
@@ -60,22 +75,19 @@ def _channels(data: SourceData, wanted: str | int) -> int:
     return 1 if conform(first, None).mode == "L" else 3
 
 
-def _encode(split: Split, indices: np.ndarray, size: int, channels: int, class_names: list[str],
-            source: str, name: str) -> Shard:
-    images = [
-        encode_png(resize(conform(split.load(int(i)), channels), size))
-        for i in tqdm(indices, desc=f"prepare {name}", unit="img", mininterval=1.0, leave=False)
-    ]
-    return Shard(
-        images=images,
-        labels=split.labels[indices],
-        class_names=class_names,
-        columns={"source": ["real"] * len(indices), "id": [split.ids[int(i)] for i in indices]},
-        meta={"dataset": source, "split": name},
-    )
+def _encode(cut: Cut, size: int, channels: int, class_names: list[str], name: str) -> Iterator[Shard]:
+    """The cut's images resized and PNG-encoded, in pieces of ENCODE_BATCH, in row order."""
+    with tqdm(total=len(cut.indices), desc=f"prepare {name}", unit="img", mininterval=1.0, leave=False) as bar:
+        for start in range(0, len(cut.indices), ENCODE_BATCH):
+            idx = cut.indices[start : start + ENCODE_BATCH]
+            images = [encode_png(resize(conform(cut.split.load(int(i)), channels), size)) for i in idx]
+            bar.update(len(idx))
+            yield Shard(images=images, labels=cut.split.labels[idx], class_names=class_names,
+                        columns={"source": ["real"] * len(idx), "id": [cut.split.ids[int(i)] for i in idx]})
 
 
-def prepare(data: SourceData, params: PrepareParams) -> Prepared:
+def plan(data: SourceData, params: PrepareParams) -> Plan:
+    """The three cuts, from the labels alone (no image is decoded but the first, for ``channels: auto``)."""
     k = len(data.class_names)
     for split_name, split in (("training", data.train), ("test", data.test)):
         if split is not None and len(split) == 0:
@@ -94,14 +106,20 @@ def prepare(data: SourceData, params: PrepareParams) -> Prepared:
     train_idx = train_idx[kept]
     train_idx = train_idx[_cap(train_split.labels[train_idx], params.max_train, k, rng(params.seed, "max_train"))]
     test_idx = test_idx[_cap(test_split.labels[test_idx], params.max_test, k, rng(params.seed, "max_test"))]
+    cuts = {"train": Cut(train_split, train_idx), "test": Cut(test_split, test_idx),
+            "public": Cut(train_split, public_idx)}
+    return Plan(cuts, _channels(data, params.channels))
 
-    channels = _channels(data, params.channels)
-    log.info("%s: %d train, %d test, %d public images at %d px, %d channel(s)",
-             data.name, len(train_idx), len(test_idx), len(public_idx), params.image_size, channels)
-    encode = lambda split, idx, name: _encode(split, idx, params.image_size, channels, data.class_names,  # noqa: E731
-                                              data.name, name)
-    return Prepared(
-        train=encode(train_split, train_idx, "train"),
-        test=encode(test_split, test_idx, "test"),
-        public=encode(train_split, public_idx, "public"),
-    )
+
+def prepare(data: SourceData, params: PrepareParams, folder: Path) -> dict[str, int]:
+    """Write ``folder/{train,test,public}.parquet``, streamed: each cut is read, resized, encoded and written a
+    piece at a time, so memory is bounded by a row group (shards.ROW_GROUP_BYTES), not by the source's size.
+    Returns the images written per cut."""
+    p = plan(data, params)
+    log.info("%s: %s images at %d px, %d channel(s)", data.name,
+             ", ".join(f"{len(c.indices)} {n}" for n, c in p.cuts.items()), params.image_size, p.channels)
+    return {
+        name: write_pieces(folder / f"{name}.parquet", data.class_names, {"dataset": data.name, "split": name},
+                           _encode(cut, params.image_size, p.channels, data.class_names, name))
+        for name, cut in p.cuts.items()
+    }

@@ -174,21 +174,42 @@ def load_imagefolder(root: Path) -> SourceData:
 # --- Parquet ----------------------------------------------------------------------------------------------
 
 
-def _parquet_blobs(path: Path, table) -> list:
-    """The ``image`` column as a list of encoded images: plain binary, or the Hugging Face struct's ``bytes``."""
+def _check_image_column(path: Path, kind) -> None:
+    """``image`` must hold encoded images: plain binary, or the Hugging Face struct's ``bytes``."""
     import pyarrow as pa
 
-    image = table.column("image").combine_chunks()
-    if pa.types.is_struct(image.type):
-        if image.type.get_field_index("bytes") < 0:
-            fields = [image.type.field(i).name for i in range(image.type.num_fields)]
+    if pa.types.is_struct(kind):
+        if kind.get_field_index("bytes") < 0:
+            fields = [kind.field(i).name for i in range(kind.num_fields)]
             raise ReglError(f"{path}: column 'image' is a struct without 'bytes' (fields {fields}); expected the "
                             f"encoded image (PNG, JPEG...) in 'bytes', as the Hugging Face Image feature stores it")
-        image = image.field("bytes")
-    if not (pa.types.is_binary(image.type) or pa.types.is_large_binary(image.type)):
-        raise ReglError(f"{path}: column 'image' holds {image.type}; expected encoded image bytes (PNG, JPEG...) "
+        kind = kind.field("bytes").type
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        raise ReglError(f"{path}: column 'image' holds {kind}; expected encoded image bytes (PNG, JPEG...) "
                         f"or the Hugging Face Image struct {{bytes, path}}")
-    return image.to_pylist()
+
+
+class _RowGroupReader:
+    """Image ``i`` of a Parquet file, read a row group at a time and the last one kept: prepare reads each cut
+    in row order, so each row group is read once per cut and memory holds one."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.path, self.file = path, pq.ParquetFile(path)
+        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
+        self.starts = np.cumsum([0] + sizes)
+        self.group, self.blobs = -1, []
+
+    def blob(self, i: int) -> bytes | None:
+        import pyarrow as pa
+
+        group = int(np.searchsorted(self.starts, i, side="right")) - 1
+        if group != self.group:
+            image = self.file.read_row_group(group, columns=["image"]).column("image").combine_chunks()
+            self.group, self.blobs = group, None  # drop the old row group before the new one is decoded
+            self.blobs = (image.field("bytes") if pa.types.is_struct(image.type) else image).to_pylist()
+        return self.blobs[i - self.starts[group]]
 
 
 def _parquet_labels(path: Path, table, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -227,17 +248,18 @@ def _parquet_split(path: Path, class_names: list[str] | None) -> tuple[Split, li
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
+        table = pq.read_table(path, columns=["label"]) if "label" in schema.names else None
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise ReglError(f"{path}: not a readable Parquet file ({exc})") from None
     for col in ("image", "label"):
-        if col not in table.column_names:
-            raise ReglError(f"{path}: needs columns 'image' and 'label', has {table.column_names}")
+        if col not in schema.names:
+            raise ReglError(f"{path}: needs columns 'image' and 'label', has {schema.names}")
     if table.num_rows == 0:
         raise ReglError(f"{path}: holds no rows; a source needs images with labels")
-    blobs = _parquet_blobs(path, table)
+    _check_image_column(path, schema.field("image").type)
     if class_names is None:
-        meta = table.schema.metadata or {}
+        meta = schema.metadata or {}
         try:
             if b"regl" in meta:
                 class_names = json.loads(meta[b"regl"])["class_names"]
@@ -251,10 +273,11 @@ def _parquet_split(path: Path, class_names: list[str] | None) -> tuple[Split, li
                                             and all(isinstance(n, str) for n in class_names)):
             raise ReglError(f"{path}: the class names in its metadata are not a list of strings")
     labels, class_names = _parquet_labels(path, table, class_names)
+    reader = _RowGroupReader(path)
 
     def load(i: int) -> Image.Image:
         try:
-            with Image.open(io.BytesIO(blobs[i])) as im:
+            with Image.open(io.BytesIO(reader.blob(i))) as im:
                 im.load()
                 return im.copy()
         except DECODE_ERRORS as exc:

@@ -1,32 +1,34 @@
 """Stage generate@<id>'s work for one client: synthetic images of every class from the base generator and the
-client's LoRA.
+client's LoRA, made and written in chunks.
 
-``synthesize`` returns the adapted images (the client's synthetic shard), the vanilla images from the same
-noise at LoRA scale 0 (the comparison the quality figures need), and the rows of its sample grid.
+``synthesize`` writes the adapted images (the client's synthetic shard) and the vanilla images from the same
+noise at LoRA scale 0 (the comparison the quality figures need), and returns the rows of its sample grid. Each
+chunk of ``generate.chunk`` images is written to its own file as soon as it is made (:class:`regl.chunks.Chunks`),
+so memory holds one chunk, and a killed run resumes from its last finished chunk. A chunk's noise is keyed by
+(seed, client, class) and its batches are the batches one uninterrupted call makes, so the outputs, assembled
+from the chunks, are the same bytes however often the run was interrupted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from regl.chunks import Chunks
 from regl.generator.lora import load_lora
-from regl.generator.sample import GenerateParams, generate, per_class
+from regl.generator.sample import GenerateParams, class_rows, generate, row_latents
 from regl.generator.space import to_data
 from regl.images import encode_many
 from regl.naming import client_name
-from regl.shards import Shard
+from regl.shards import Shard, iter_rows, read_labels, read_meta, write_pieces
 
 
-def synthetic_shard(pixels: np.ndarray, labels: np.ndarray, prompts: list[str], class_names: list[str],
-                    client: int, kind: str, scale: float) -> Shard:
+def synthetic_shard(pixels: np.ndarray, labels: np.ndarray, within: np.ndarray, prompts: list[str],
+                    class_names: list[str], client: int, kind: str, scale: float) -> Shard:
     """Generated images as a shard, each with its provenance id ``client_<id>/<kind>/<class>/<index in class>``."""
-    within = np.zeros(len(labels), np.int64)  # running index of each image within its class
-    for k in np.unique(labels):
-        rows = np.flatnonzero(labels == k)
-        within[rows] = np.arange(len(rows))
     ids = [f"{client_name(client)}/{kind}/{class_names[k]}/{j}" for k, j in zip(labels, within)]
     return Shard(images=encode_many(pixels), labels=labels, class_names=class_names,
                  columns={"source": ["synthetic"] * len(labels), "id": ids, "client": [client] * len(labels),
@@ -39,31 +41,65 @@ GridRow = tuple[str, "np.ndarray | None", np.ndarray, np.ndarray]
 
 @dataclass
 class Synthesis:
-    adapted: Shard  # images_per_class of every class: the client's synthetic shard
-    vanilla: Shard  # the same seeds at LoRA scale 0: all of the client's own classes, one of each other class
+    adapted: int  # images written to the synthetic shard: images_per_class of every class
+    vanilla: int  # images written to the vanilla shard: all of the client's own classes, one of each other class
     grid: list[GridRow]  # per class: (name, a real image or None, vanilla, adapted)
+    made: list[tuple[str, int]] = field(default_factory=list)  # the chunks this run generated (the rest resumed)
 
 
-def synthesize(pipe, real: Shard, adapter: Path, g: GenerateParams, client: int) -> Synthesis:
+def _pixels_of(path: Path, rows: np.ndarray) -> dict[int, np.ndarray]:
+    """Decoded images of the given rows of a shard, by row."""
+    order = np.unique(rows)
+    pieces = list(iter_rows(path, order))
+    pixels = [p for piece in pieces for p in piece.pixels()] if order.size else []
+    return dict(zip(order.tolist(), pixels))
+
+
+def synthesize(pipe, real_file: Path, adapter: Path, g: GenerateParams, client: int, out: Path, vanilla_out: Path,
+               chunks: Chunks, on_chunk: Callable[[str, int], None] | None = None) -> Synthesis:
     """Vanilla images first (the base pipeline), then the client's adapter is loaded into ``pipe`` and the
-    adapted images come from the same latents, so the two differ by the LoRA alone."""
-    names, held = real.class_names, real.class_counts() > 0
-    pixels = real.pixels()
-    size, channels = pixels.shape[1], pixels.shape[3]
+    adapted images come from the same latents, so the two differ by the LoRA alone. Chunks already in
+    ``chunks`` are not made again; ``on_chunk(kind, index)`` is called after each chunk this run makes."""
+    real_labels, names = read_labels(real_file)
     k = len(names)
-    prompts, latents, labels = per_class(pipe, g.prompt, names, [g.images_per_class] * k, g.seed, "generate", client)
+    held = np.bincount(real_labels, minlength=k) > 0
+    first_real = {c: int(np.flatnonzero(real_labels == c)[0]) for c in range(k) if held[c]}
+    real = _pixels_of(real_file, np.array(sorted(first_real.values()), np.int64))
+    size, channels = next(iter(real.values())).shape[0], next(iter(real.values())).shape[2]
+
+    counts = [g.images_per_class] * k
+    labels, within = class_rows(counts)
     first = {c: np.flatnonzero(labels == c) for c in range(k)}
     keep = np.concatenate([first[c] if held[c] else first[c][:1] for c in range(k)])
-    vanilla = to_data(generate(pipe, [prompts[i] for i in keep], latents[keep], g, desc="vanilla"), size, channels)
-    load_lora(pipe, adapter)
-    adapted = to_data(generate(pipe, prompts, latents, g, g.lora_scale, desc="adapted"), size, channels)
-    grid = []
-    for c in range(k):
-        real_row = np.flatnonzero(real.labels == c)
-        grid.append((names[c], pixels[real_row[0]] if len(real_row) else None,
-                     vanilla[np.flatnonzero(labels[keep] == c)[0]], adapted[first[c][0]]))
-    return Synthesis(
-        adapted=synthetic_shard(adapted, labels, prompts, names, client, "synthetic", g.lora_scale),
-        vanilla=synthetic_shard(vanilla, labels[keep], [prompts[i] for i in keep], names, client, "vanilla", 0.0),
-        grid=grid,
-    )
+    texts = [g.prompt.format(**{"class": name}) for name in names]
+    made: list[tuple[str, int]] = []
+    adapter_loaded = False
+    for kind, rows, scale, path in (("vanilla", keep, None, vanilla_out),
+                                    ("synthetic", np.arange(len(labels)), g.lora_scale, out)):
+        starts = range(0, len(rows), g.chunk)
+        for index, start in enumerate(starts):
+            if chunks.done(kind, index):
+                continue
+            if scale is not None and not adapter_loaded:
+                load_lora(pipe, adapter)
+                adapter_loaded = True
+            r = rows[start : start + g.chunk]
+            prompts = [texts[c] for c in labels[r]]
+            latents = row_latents(pipe, labels[r], within[r], counts, g.seed, "generate", client)
+            pixels = np.concatenate([  # one batch at a time to data pixels: memory holds one batch of floats
+                to_data(generate(pipe, prompts[b : b + g.batch_size], latents[b : b + g.batch_size], g, scale),
+                        size, channels)
+                for b in range(0, len(r), g.batch_size)])
+            chunks.write(kind, index, synthetic_shard(pixels, labels[r], within[r], prompts, names, client, kind,
+                                                      0.0 if scale is None else scale))
+            made.append((kind, index))
+            if on_chunk is not None:
+                on_chunk(kind, index)
+        files = [chunks.path(kind, i) for i in range(len(starts))]
+        write_pieces(path, names, read_meta(files[0]), (piece for f in files for piece in iter_rows(f)))
+
+    vanilla = _pixels_of(vanilla_out, np.array([np.flatnonzero(labels[keep] == c)[0] for c in range(k)]))
+    adapted = _pixels_of(out, np.array([first[c][0] for c in range(k)]))
+    grid = [(names[c], real.get(first_real.get(c, -1)), vanilla[int(np.flatnonzero(labels[keep] == c)[0])],
+             adapted[int(first[c][0])]) for c in range(k)]
+    return Synthesis(adapted=len(labels), vanilla=len(keep), grid=grid, made=made)

@@ -26,7 +26,14 @@ class GenerateParams(Section):
     steps: int = Field(20, ge=1)
     images_per_class: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
+    chunk_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
+
+    @property
+    def chunk(self) -> int:
+        """Images per resumable chunk: ``chunk_size`` rounded up to whole batches, so a chunked run makes the same
+        batches (and the same pixels) as one call over all images."""
+        return -(-self.chunk_size // self.batch_size) * self.batch_size
 
     _prompt = field_validator("prompt")(classmethod(lambda cls, v: has_class_slot(v)))
 
@@ -77,3 +84,24 @@ def per_class(pipe, template: str, class_names: list[str], counts: list[int], se
     if not latents:
         return [], torch.zeros(0), np.zeros(0, np.int64)
     return prompts, torch.cat(latents), np.asarray(labels, np.int64)
+
+
+def class_rows(counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows :func:`per_class` makes for ``counts``: each row's class, and its index within its class."""
+    labels = np.repeat(np.arange(len(counts)), np.maximum(counts, 0)).astype(np.int64)
+    within = np.concatenate([np.arange(max(n, 0)) for n in counts]).astype(np.int64) if len(counts) else labels
+    return labels, within
+
+
+def row_latents(pipe, labels: np.ndarray, within: np.ndarray, counts: list[int], seed: int,
+                *keys: object) -> torch.Tensor:
+    """The latents :func:`per_class` gives rows (``labels[i]``, ``within[i]``), for any subset of its rows: each
+    class's ``counts[k]`` latents are drawn whole and the rows taken, so a chunk's noise does not depend on where
+    the chunk starts. Memory: one class's latents at a time."""
+    side, channels = pipe.unet.config.sample_size, pipe.unet.config.in_channels
+    out = torch.empty((len(labels), channels, side, side))
+    for k in np.unique(labels):
+        rows = np.flatnonzero(labels == k)
+        drawn = class_latents(pipe, counts[k], seed, *keys, int(k))
+        out[torch.from_numpy(rows)] = drawn[torch.from_numpy(within[rows])]
+    return out
