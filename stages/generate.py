@@ -17,9 +17,11 @@ from regl.chunks import Chunks, run_key
 from regl.generator.base import load_pipeline
 from regl.generator.generate import GenerateParams, synthesize
 from regl.generator.grid import sample_grid
+from regl.generator.oracle import oracle_grid, write_oracle
 from regl.naming import client_file, client_name
 from regl.params import load_section
 from regl.plots import save_figure
+from regl.shards import write_shard
 from regl.stage import stage
 
 app = typer.Typer(add_completion=False)
@@ -35,9 +37,18 @@ def main(
     out: Path = typer.Option(Path("data/synthetic"), help="synthetic shards"),
     vanilla_out: Path = typer.Option(Path("data/vanilla"), help="LoRA-scale-0 comparison shards"),
     grids: Path = typer.Option(Path("plots/generator"), help="sample grids"),
+    public: Path = typer.Option(Path("data/prepared/public.parquet"), help="public pool (generate.oracle only)"),
 ) -> None:
     with stage("generate", params) as log:
         g = load_section(params, "generate", GenerateParams)
+        if g.oracle:  # the ablation's ceiling: no generator runs; both shards hold the same public-pool images
+            shard = write_oracle(public, client_file(out, client), g, client)
+            write_shard(client_file(vanilla_out, client), shard)
+            save_figure(sample_grid(oracle_grid(shard), f"{client_name(client)}: oracle (public-pool images)", 0.0),
+                        client_file(grids, client, ".png"))
+            log.info("client %d: %d public-pool images in place of generated ones (generate.oracle)", client,
+                     len(shard))
+            return
         real, adapter = client_file(clients, client), lora / client_name(client)
         # finished chunks wait beside the output until the run completes; a rerun with the same params, inputs,
         # code and thread count (float sums, hence pixels, depend on it) resumes from them, anything else starts over

@@ -28,6 +28,7 @@ class GenerateParams(Section):
     batch_size: int = Field(64, ge=1)
     chunk_size: int = Field(256, ge=1)
     seed: int = Field(0, ge=0)
+    oracle: bool = False  # an ablation: public-pool images in place of generated ones (regl.generator.oracle)
 
     @property
     def chunk(self) -> int:
