@@ -65,7 +65,7 @@ def render(all_cells, beta: float) -> str:
         parts += ["Other cells (in none of the tables above)", other]
     recovered = [skew_recovery(all_cells, beta, m) for m in ("final", "last5")]
     if recovered[0]:
-        parts += ["Label skew recovered (last round; then mean of the last five rounds)",
+        parts += ["Label skew recovered, on the means over seeds",
                   "\n".join(r for r in recovered if r)]
     return "\n\n".join(parts) + "\n"
 
