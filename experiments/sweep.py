@@ -38,6 +38,7 @@ DEFAULTS = {
     "train.weighting": "real",
     "generate.lora_scale": "0.8",
     "generate.images_per_class": "40",
+    "generate.oracle": "false",
 }
 
 
@@ -76,6 +77,7 @@ def grid(name: str) -> dict[str, dict[str, str]]:
     if name == "ablations":
         return {
             "regl-base-model": {**regl(), "generate.lora_scale": "0"},
+            "regl-oracle": {**regl(), "generate.oracle": "true"},
             "regl-weighting-samples": {**regl(), "train.weighting": "samples"},
             "regl-weighting-uniform": {**regl(), "train.weighting": "uniform"},
             "regl-ipc120": {**regl(), "generate.images_per_class": "120"},
