@@ -196,11 +196,15 @@ def read_class_names(path: str | Path) -> list[str]:
     return _shard_info(path, _read(path, pq.read_schema))["class_names"]
 
 
-def read_class_counts(path: str | Path) -> np.ndarray:
-    """Images per class of a shard, from its label column and metadata alone (no image bytes read)."""
+def read_labels(path: str | Path) -> np.ndarray:
+    """A shard's labels, checked with its columns and metadata, from its label column alone (no image bytes)."""
     path = Path(path)
     schema = _read(path, pq.read_schema)
     names = _shard_info(path, schema)["class_names"]
     _check_columns(path, schema)
-    labels = _labels(path, _read(path, pq.read_table, columns=["label"]).column("label"), len(names))
-    return np.bincount(labels, minlength=len(names))
+    return _labels(path, _read(path, pq.read_table, columns=["label"]).column("label"), len(names))
+
+
+def read_class_counts(path: str | Path) -> np.ndarray:
+    """Images per class of a shard, from its label column and metadata alone (no image bytes read)."""
+    return np.bincount(read_labels(path), minlength=len(read_class_names(path)))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from regl.client_data import ClientData, load_client
+from regl.imageset import CacheBudget
 from regl.device import resolve_device
 from regl.errors import ReglError
 from regl.federated.algorithm import ClientResult
@@ -186,7 +187,8 @@ def _client(msg: Message, context: Context) -> tuple[RunSetup, ClientData]:
     synthetic_dir = Path(str(node.get("synthetic-dir", config["synthetic-dir"])))
     key = (cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels)
     if key not in _DATA:
-        _DATA[key] = load_client(cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels)
+        _DATA[key] = load_client(cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels,
+                                 budget=CacheBudget(setup.params.cache_mb))
     return setup, _DATA[key]
 
 
