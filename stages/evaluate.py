@@ -12,7 +12,6 @@ import typer
 
 from regl.atomic import write_text
 from regl.device import resolve_device
-from regl.imageset import CacheBudget, open_images
 from regl.evaluation import (
     EvaluateParams,
     PersonalizeMetrics,
@@ -22,6 +21,7 @@ from regl.evaluation import (
     predicted_classes,
     read_metrics,
 )
+from regl.imageset import CacheBudget, open_images
 from regl.modelio import load_model
 from regl.naming import client_file, client_name
 from regl.params import load_experiment, load_section

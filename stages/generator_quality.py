@@ -38,7 +38,8 @@ def main(
         per_client, per_class = {}, []
         for c in exp.clients:
             budget = CacheBudget(p.cache_mb)  # one client's images at a time
-            shards = [open_images([client_file(d, c)], config["channels"], budget) for d in (clients, synthetic, vanilla)]
+            shards = [open_images([client_file(d, c)], config["channels"], budget)
+                      for d in (clients, synthetic, vanilla)]
             q, hits = client_quality(model, *shards, device, p)
             per_client[client_name(c)] = q
             per_class.append(hits)

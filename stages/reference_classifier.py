@@ -10,9 +10,9 @@ import typer
 
 from regl.atomic import atomic_dir
 from regl.evaluation import evaluate
+from regl.imageset import CacheBudget, open_images
 from regl.params import load_section
 from regl.reference_classifier import ReferenceClassifierParams, save_reference, train_reference
-from regl.imageset import CacheBudget, open_images
 from regl.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from regl.errors import ReglError
-from regl.imageset import CacheBudget, Part, ShardImages, open_images
+from regl.imageset import CacheBudget, Images, Part, open_images
 from regl.naming import client_file
 from regl.shards import read_labels
 
@@ -16,7 +16,7 @@ from regl.shards import read_labels
 @dataclass
 class ClientData:
     client: int
-    images: ShardImages  # the real images first, then the synthetic ones
+    images: Images  # the real images first, then the synthetic ones
     num_real: int
     num_synthetic: int = 0
 

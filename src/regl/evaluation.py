@@ -15,7 +15,7 @@ from torch import nn
 
 from regl.compute import ComputeParams, autocast, laid_out
 from regl.errors import ReglError
-from regl.imageset import ShardImages, batches, in_order
+from regl.imageset import Images, batches, in_order
 from regl.params import Device, parse
 
 
@@ -25,7 +25,7 @@ class EvaluateParams(ComputeParams):
     device: Device = "auto"
 
 
-def _batches(fn, model: nn.Module, data: ShardImages, device, compute: ComputeParams) -> torch.Tensor:
+def _batches(fn, model: nn.Module, data: Images, device, compute: ComputeParams) -> torch.Tensor:
     """``fn(xb)`` for every batch of ``data`` in order (``compute.scoring_batch`` images each), concatenated as
     float32 on the CPU; the model in eval mode."""
     device = torch.device(device)
@@ -40,20 +40,20 @@ def _batches(fn, model: nn.Module, data: ShardImages, device, compute: ComputePa
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ShardImages, device: torch.device | str = "cpu",
+def predict(model: nn.Module, data: Images, device: torch.device | str = "cpu",
             compute: ComputeParams = ComputeParams()) -> torch.Tensor:
     """Logits for every image of ``data``, in batches, in eval mode."""
     return _batches(model, model, data, device, compute)
 
 
 @torch.no_grad()
-def embed(model: nn.Module, data: ShardImages, device: torch.device | str = "cpu",
+def embed(model: nn.Module, data: Images, device: torch.device | str = "cpu",
           compute: ComputeParams = ComputeParams()) -> torch.Tensor:
     """Penultimate features (``model.features``) of every image of ``data``."""
     return _batches(model.features, model, data, device, compute)
 
 
-def predicted_classes(model: nn.Module, data: ShardImages, device: torch.device | str = "cpu",
+def predicted_classes(model: nn.Module, data: Images, device: torch.device | str = "cpu",
                       compute: ComputeParams = ComputeParams()) -> np.ndarray:
     return predict(model, data, device, compute).argmax(1).numpy()
 
@@ -65,7 +65,7 @@ def accuracy(actual: np.ndarray, predicted: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ShardImages, device: torch.device | str = "cpu",
+def evaluate(model: nn.Module, data: Images, device: torch.device | str = "cpu",
              compute: ComputeParams = ComputeParams()) -> dict[str, float]:
     """Accuracy and mean cross-entropy on ``data``."""
     if len(data) == 0:

@@ -32,15 +32,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from regl.errors import ReglError
-from regl.images import decode_checked
+from regl.images import DECODE_ERRORS, decode_png, undecodable
 from regl.shards import read_class_names, read_labels
 from regl.tensors import to_float
+
 
 class CacheBudget:
     """How many bytes of decoded uint8 pixels a stage may keep in memory, over all the datasets it opens."""
 
     def __init__(self, mb: float):
-        self.left = int(mb * 2**20)
+        self.left = mb * 2**20
 
     def take(self, nbytes: int) -> bool:
         if nbytes > self.left:
@@ -107,7 +108,8 @@ class _Store:
             rows.append(r)
         self.labels = np.concatenate(labels)
         self.src, self.rows = np.concatenate(src), np.concatenate(rows)
-        self.shape: tuple[int, ...] = (0, 0, channels or 1)
+        self.channels = channels
+        self.shape: tuple[int, ...] = (0, 0, channels or 1)  # (height, width, channels) once the first decodes
         self.pixels: np.ndarray | None = None
         self.spill: _Spill | None = None
         self.decoded_rows = 0  # rows decoded so far in this process (the memory tests count them)
@@ -115,8 +117,8 @@ class _Store:
         if not n:
             self.pixels = np.zeros((0, *self.shape), dtype=np.uint8)
             return
-        first = decode_checked(_read_rows(self.files[0], [int(self.rows[0])])[0], channels, self.where(0))
-        self.shape = first.shape
+        first = self._decode(_read_rows(self.files[0], [int(self.rows[0])]), np.zeros(1, np.int64))[0]
+        self.decoded_rows = 0
         if budget.take(n * first.nbytes):
             self.pixels = np.empty((n, *self.shape), dtype=np.uint8)
             for positions, blobs in self._read_all():
@@ -142,7 +144,13 @@ class _Store:
     def _decode(self, blobs: Sequence[bytes], positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(blobs), *self.shape), dtype=np.uint8)
         for j, (blob, i) in enumerate(zip(blobs, positions)):
-            image = decode_checked(blob, self.shape[2], self.where(int(i)))
+            try:
+                image = decode_png(blob, self.shape[2] if self.shape[0] else self.channels)
+            except DECODE_ERRORS as exc:  # the message reads the row's id: only now
+                raise ReglError(f"{self.where(int(i))}: {undecodable(exc)}") from None
+            if not self.shape[0]:  # the first image sets the size and (unless forced) the channels
+                self.shape = image.shape
+                out = np.empty((len(blobs), *self.shape), dtype=np.uint8)
             if image.shape != self.shape:
                 raise ReglError(f"{self.where(int(i))}: image is {image.shape[1]}x{image.shape[0]} pixels, the "
                                 f"first is {self.shape[1]}x{self.shape[0]}; the images of a shard share one size")
@@ -233,9 +241,36 @@ class ShardImages(Dataset):
         idx = np.asarray(idx, dtype=np.int64)
         return torch.from_numpy(self.store.fetch(self.index[idx])), self.labels[torch.from_numpy(idx)]
 
+    @staticmethod
+    def to_input(pixels: torch.Tensor) -> torch.Tensor:
+        """A batch as a classifier takes it: float (N, C, H, W) in [-1, 1], on the pixels' device."""
+        return to_float(pixels)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([i])
         return x[0], y[0]
+
+
+class TensorImages(Dataset):
+    """Inputs already in memory as a float tensor (N, ...), with labels: the data of tests and benches that
+    train on generated inputs (stage data always comes through ``ShardImages``)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.labels = x, y
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        return self.x[idx], self.labels[idx]
+
+    @staticmethod
+    def to_input(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+Images = ShardImages | TensorImages
 
 
 def open_images(parts: Sequence[Part | Path | str], channels: int | None = None,
@@ -254,7 +289,7 @@ def _unbatched(batch):
     return batch
 
 
-def batches(data: ShardImages, order: Sequence[torch.Tensor], device: torch.device | str = "cpu",
+def batches(data: Images, order: Sequence[torch.Tensor], device: torch.device | str = "cpu",
             workers: int = 0, prefetch: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(float images in [-1, 1] (N, C, H, W), labels) on ``device`` for each batch of indices in ``order``, in
     that order: decoded by ``workers`` loader processes (0: this one), pinned on CUDA."""
@@ -263,11 +298,8 @@ def batches(data: ShardImages, order: Sequence[torch.Tensor], device: torch.devi
     loader = DataLoader(data, batch_sampler=[b.tolist() for b in order], collate_fn=_unbatched,
                         num_workers=workers, pin_memory=cuda, prefetch_factor=prefetch if workers else None,
                         persistent_workers=False)
-    for pixels, labels in loader:
-        if cuda:  # convert on the GPU: a quarter of the bytes cross the bus
-            yield to_float(pixels.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
-        else:
-            yield to_float(pixels), labels
+    for x, labels in loader:  # uint8 pixels cross to the GPU and become floats there: a quarter of the bytes
+        yield data.to_input(x.to(device, non_blocking=True)), labels.to(device, non_blocking=True)
 
 
 def in_order(n: int, batch_size: int) -> list[torch.Tensor]:

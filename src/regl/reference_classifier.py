@@ -14,9 +14,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from regl.imageset import ShardImages
 from regl.modelio import load_model, save_model
 from regl.models import build_model
-from regl.imageset import ShardImages
 from regl.training import SGDParams, train_epochs
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from regl.augment import Augment, augment
 from regl.compute import ComputeParams, amp_dtype, autocast, laid_out
-from regl.imageset import ShardImages, batches
+from regl.imageset import Images, batches
 from regl.seeding import derive_seed
 
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,7 +40,7 @@ def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
 
-def train_epochs(model: nn.Module, data: ShardImages, sgd: SGDParams, epochs: int, seed: int, *keys: object,
+def train_epochs(model: nn.Module, data: Images, sgd: SGDParams, epochs: int, seed: int, *keys: object,
                  loss_hook: LossHook | None = None, after_step: StepHook | None = None,
                  device: torch.device | str = "cpu", before_step: StepHook | None = None,
                  steps: int | None = None) -> int:

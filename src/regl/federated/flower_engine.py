@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from regl.client_data import ClientData, load_client
-from regl.imageset import CacheBudget
 from regl.device import resolve_device
 from regl.errors import ReglError
 from regl.federated.algorithm import ClientResult
@@ -33,6 +32,7 @@ from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup
 from regl.federated.train_params import FlowerParams
 from regl.federated.weights import Weights
+from regl.imageset import CacheBudget
 
 INSTALL = "pip install 'regl[flower]'"
 try:

@@ -25,7 +25,7 @@ from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, Federation
 from regl.federated.registry import projection_dim
 from regl.federated.train_params import TrainParams
-from regl.imageset import ShardImages
+from regl.imageset import Images
 from regl.models import build_model
 from regl.seeding import derive_seed
 from regl.training import samples_seen
@@ -107,7 +107,7 @@ class RunResult:
     curve: list[dict]
 
 
-def train(fed: Federation, rounds: int, test: ShardImages, checkpoint: Checkpoint | None = None,
+def train(fed: Federation, rounds: int, test: Images, checkpoint: Checkpoint | None = None,
           compute: ComputeParams = ComputeParams()) -> RunResult:
     """Run rounds until ``rounds``, resuming from ``checkpoint`` when it holds this run's state; the global model
     is scored on ``test`` after each round (as ``compute`` says)."""
