@@ -9,10 +9,10 @@ Where the pixels live is the one choice, made when a dataset is opened and bound
 
 * **in memory**: the decoded uint8 pixels, when they fit in what is left of the stage's ``CacheBudget``
   (``cache_mb``); the embedded default's 12,000 images at 32 px take 12 MB;
-* **streamed**: otherwise. Opening copies the images' PNG bytes, one row group at a time, into an unnamed spill
-  file and keeps only their offsets (8 bytes an image); a batch reads its rows back with ``os.pread`` (the page
-  cache, not this process, holds the file) and decodes them. Memory is then one batch of decoded images per
-  loader worker (times the prefetch), whatever the number of images.
+* **streamed**: otherwise. Opening copies the images' PNG bytes, one row group at a time, into a temporary
+  spill file and keeps only where each one is (two int64s an image); a batch reads its rows back with
+  ``os.pread`` (the page cache, not this process, holds the file) and decodes them. Memory is then one batch of
+  decoded images per loader worker (times the prefetch), whatever the number of images.
 
 Both give the same pixels for the same rows, so a run gives the same bytes whichever path its data takes.
 """
@@ -117,7 +117,7 @@ class _Store:
         if not n:
             self.pixels = np.zeros((0, *self.shape), dtype=np.uint8)
             return
-        first = self._decode(_read_rows(self.files[0], [int(self.rows[0])]), np.zeros(1, np.int64))[0]
+        first = self._decode([_first_blob(self.files[0], int(self.rows[0]))], np.zeros(1, np.int64))[0]
         self.decoded_rows = 0
         if budget.take(n * first.nbytes):
             self.pixels = np.empty((n, *self.shape), dtype=np.uint8)
@@ -197,14 +197,14 @@ def _image_column(table: pa.Table, index: np.ndarray) -> list[bytes]:
     return col.take(pa.array(index)).to_pylist()
 
 
-def _read_rows(path: str, rows: list[int]) -> list[bytes]:
-    """The PNG bytes of some rows of a shard, reading only the row groups they fall in."""
-    f = _open(path)
-    bounds = _bounds(f)
-    wanted = np.asarray(rows, dtype=np.int64)
-    groups = np.unique(np.searchsorted(bounds, wanted, side="right") - 1)
-    local = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])
-    return _image_column(f.read_row_groups(groups.tolist(), columns=["image"]), np.searchsorted(local, wanted))
+def _first_blob(path: str, row: int) -> bytes:
+    """The PNG bytes of one row, reading the shard from the start in small batches up to it."""
+    seen = 0
+    for batch in _open(path).iter_batches(batch_size=256, columns=["image"]):
+        if row < seen + batch.num_rows:
+            return _image_column(pa.Table.from_batches([batch]), np.array([row - seen]))[0]
+        seen += batch.num_rows
+    raise IndexError(row)
 
 
 class ShardImages(Dataset):
