@@ -2,10 +2,12 @@
 
 Builds, in a temporary folder, a Fashion-MNIST-shaped task at 128 px (1 channel, generated pixels: smooth
 class patterns plus noise, 10 classes), split IID over 10 clients, at two sizes (default 12,000 and 48,000
-training images; the test set a quarter of that), and runs each stage script on it in its own process, reading
-that process's ru_maxrss. federated_train: one round, 2 of the 10 clients (client_fraction 0.2), one local
-epoch; personalize: clients 0 and 1, one epoch each; evaluate: the test set. The goal (issue 12): from the
-small to the large size, peak memory grows by at most a quarter of what the extra images take as float32.
+training images; the test set an eighth of that), and runs each stage script on it in its own process, reading
+that process's ru_maxrss. federated_train: one round, 2 of the 10 clients (client_fraction 0.2), 10 local
+steps each (a step's memory does not depend on the number of images; more steps only take longer), the test
+set scored; personalize: clients 0 and 1 loaded and scored before and after, epochs 0 (its local update is
+federated_train's loop); evaluate: the test set. The goal (issue 12): from the small to the large size, peak
+memory grows by at most a quarter of what the extra images the stage reads take as float32.
 
     python bench/memory_bench.py [--sizes 12000 48000] [--stages federated_train personalize evaluate]
                                  [--src OTHER/src --stages-dir OTHER/stages]   # e.g. the code before
@@ -66,7 +68,7 @@ def images(n: int, seed: int) -> tuple[list[bytes], np.ndarray]:
     return [blobs[i] for i in pick], labels[pick]
 
 
-def build(folder: Path, n_train: int, template: Path) -> None:
+def build(folder: Path, n_train: int, template: Path, cache_mb: int | None) -> None:
     """data/clients (IID, 10 clients), data/local_test, data/prepared/test.parquet under ``folder``."""
     from regl.naming import client_file
     from regl.shards import Shard, write_shard
@@ -78,16 +80,19 @@ def build(folder: Path, n_train: int, template: Path) -> None:
         write_shard(client_file(folder / "data/clients", c), Shard(blobs, labels, names))
         blobs, labels = images(50, 100 + c)
         write_shard(client_file(folder / "data/local_test", c), Shard(blobs, labels, names))
-    blobs, labels = images(n_train // 4, 999)
+    blobs, labels = images(n_train // 8, 999)
     write_shard(folder / "data/prepared/test.parquet", Shard(blobs, labels, names))
     params = yaml.safe_load(template.read_text())
     params["clients"] = list(range(CLIENTS))
-    params["train"].update(rounds=1, client_fraction=0.2, local_epochs=1, synthetic=False, device="cpu")
-    params["personalize"].update(epochs=1, synthetic=False, device="cpu")
+    params["train"].update(rounds=1, client_fraction=0.2, local_steps=10, synthetic=False, device="cpu")
+    params["personalize"].update(epochs=0, synthetic=False, device="cpu")
     if "evaluate" in params:
         params["evaluate"]["device"] = "cpu"
+    if cache_mb is not None:
+        for section in ("train", "personalize", "evaluate"):
+            params[section]["cache_mb"] = cache_mb
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    two = dict(params, clients=[0, 1])  # personalize (and evaluate after it): two clients' local training
+    two = dict(params, clients=[0, 1])  # personalize (and evaluate after it): two clients
     (folder / "params_two.yaml").write_text(yaml.safe_dump(two))
 
 
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the library to measure")
     parser.add_argument("--stages-dir", type=Path, default=ROOT / "stages")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params template (the code's own)")
+    parser.add_argument("--cache-mb", type=int, default=None, help="cache_mb of every stage (default: params.yaml's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
 
@@ -121,7 +127,7 @@ def main() -> None:
         for n in args.sizes:
             folder = Path(tmp) / str(n)
             start = time.perf_counter()
-            build(folder, n, args.params)
+            build(folder, n, args.params, args.cache_mb)
             print(f"{n} training images at {SIZE} px: data built in {time.perf_counter() - start:.0f} s", flush=True)
             for stage in args.stages:
                 results[stage][n] = run_stage(folder, stage, args.src, args.stages_dir)
@@ -133,9 +139,9 @@ def main() -> None:
     report = {}
     for stage in args.stages:
         # the extra images the stage reads, as float32: federated_train opens all 10 clients' training images
-        # and the test set (a quarter as many), personalize clients 0 and 1 (2 of 10) and the test set,
+        # and the test set (an eighth as many), personalize clients 0 and 1 (2 of 10) and the test set,
         # evaluate the test set
-        scale = {"federated_train": 1.25, "personalize": 0.45, "evaluate": 0.25}[stage]
+        scale = {"federated_train": 1.125, "personalize": 0.325, "evaluate": 0.125}[stage]
         extra = (large - small) * scale * SIZE * SIZE * 4 / 2**20
         growth = results[stage][large][0] - results[stage][small][0]
         print(f"{stage:16s} {small:>4d}->{large:<5d} {results[stage][small][0]:4.0f}->{results[stage][large][0]:<4.0f}"

@@ -36,6 +36,8 @@ from regl.images import DECODE_ERRORS, decode_png, undecodable
 from regl.shards import read_class_names, read_labels
 from regl.tensors import to_float
 
+READ_ROWS = 256  # rows read from a shard at a time while opening it
+
 
 class CacheBudget:
     """How many bytes of decoded uint8 pixels a stage may keep in memory, over all the datasets it opens."""
@@ -88,10 +90,13 @@ class _Spill:
         return {**self.__dict__, "_fd": None, "_pid": -1, "_file": None}
 
     def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        if self._owner == os.getpid() and os.path.exists(self.path):
-            os.unlink(self.path)
+        try:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            if self._owner == os.getpid():
+                os.unlink(self.path)
+        except (OSError, AttributeError, TypeError):  # already gone, or the interpreter is shutting down
+            pass
 
 
 class _Store:
@@ -130,16 +135,18 @@ class _Store:
             self.spill.close()
 
     def _read_all(self) -> Iterator[tuple[np.ndarray, list[bytes]]]:
-        """(positions, their PNG bytes) for every row, one row group of a shard at a time."""
+        """(positions, their PNG bytes) for every row: each shard read front to back, READ_ROWS rows at a time
+        (buffered, so not even a whole row group's bytes are held at once)."""
         for k, path in enumerate(self.files):
             positions = np.flatnonzero(self.src == k)
-            f = _open(path)
-            bounds = _bounds(f)
-            group = np.searchsorted(bounds, self.rows[positions], side="right") - 1
-            for g in np.unique(group):
-                here = positions[group == g]
-                yield here, _image_column(f.read_row_group(int(g), columns=["image"]),
-                                          self.rows[here] - bounds[g])
+            by_row = np.argsort(self.rows[positions], kind="stable")
+            rows, positions = self.rows[positions][by_row], positions[by_row]
+            seen = 0
+            for batch in _open(path).iter_batches(batch_size=READ_ROWS, columns=["image"]):
+                lo, hi = np.searchsorted(rows, [seen, seen + batch.num_rows])
+                if hi > lo:
+                    yield positions[lo:hi], _image_column(pa.Table.from_batches([batch]), rows[lo:hi] - seen)
+                seen += batch.num_rows
 
     def _decode(self, blobs: Sequence[bytes], positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(blobs), *self.shape), dtype=np.uint8)
@@ -179,7 +186,7 @@ class _Store:
 
 def _open(path: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, buffer_size=2**20)
     except (pa.ArrowException, OSError) as exc:
         raise ReglError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); re-run the stage "
                         f"that writes it (dvc repro)") from None
@@ -198,9 +205,9 @@ def _image_column(table: pa.Table, index: np.ndarray) -> list[bytes]:
 
 
 def _first_blob(path: str, row: int) -> bytes:
-    """The PNG bytes of one row, reading the shard from the start in small batches up to it."""
+    """The PNG bytes of one row, reading the shard from the start up to it."""
     seen = 0
-    for batch in _open(path).iter_batches(batch_size=256, columns=["image"]):
+    for batch in _open(path).iter_batches(batch_size=READ_ROWS, columns=["image"]):
         if row < seen + batch.num_rows:
             return _image_column(pa.Table.from_batches([batch]), np.array([row - seen]))[0]
         seen += batch.num_rows
