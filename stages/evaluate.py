@@ -50,7 +50,7 @@ def main(
     confusion_png: Path = typer.Option(Path("plots/confusion_matrix.png")),
     distribution_png: Path = typer.Option(Path("plots/label_distribution_synthetic.png")),
 ) -> None:
-    with stage("evaluate") as log:
+    with stage("evaluate", params) as log:
         exp = load_experiment(params)
         trained = read_metrics(train_metrics, TrainMetrics, "federated_train")
         personal = read_metrics(personal_metrics, PersonalizeMetrics, "personalize", exp.clients)

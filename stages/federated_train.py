@@ -111,7 +111,7 @@ def main(
     metrics: Path = typer.Option(Files.metrics),
     curve_out: Path = typer.Option(Files.curve_out),
 ) -> None:
-    with stage("federated_train") as log:
+    with stage("federated_train", params) as log:
         files = Files(params, clients_dir, synthetic_dir, test_file, model_out, metrics, curve_out)
         p = load_section(params, "train", TrainParams)
         if p.engine == "flower":

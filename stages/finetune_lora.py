@@ -30,7 +30,7 @@ def main(
     clients: Path = typer.Option(Path("data/clients"), help="client training shards"),
     out: Path = typer.Option(Path("models/lora"), help="one adapter folder per client goes here"),
 ) -> None:
-    with stage("finetune_lora") as log:
+    with stage("finetune_lora", params) as log:
         p = load_section(params, "finetune", FinetuneParams)
         sampler = load_section(params, "generate", GenerateParams)
         shard = read_shard(client_file(clients, client))

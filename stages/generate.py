@@ -33,7 +33,7 @@ def main(
     vanilla_out: Path = typer.Option(Path("data/vanilla"), help="LoRA-scale-0 comparison shards"),
     grids: Path = typer.Option(Path("plots/generator"), help="sample grids"),
 ) -> None:
-    with stage("generate") as log:
+    with stage("generate", params) as log:
         g = load_section(params, "generate", GenerateParams)
         real = read_shard(client_file(clients, client))
         result = synthesize(load_pipeline(generator), real, lora / client_name(client), g, client)

@@ -29,7 +29,7 @@ def main(
     reference: Path = typer.Option(Path("models/reference_classifier")),
     metrics: Path = typer.Option(Path("metrics/generator.json")),
 ) -> None:
-    with stage("generator_quality") as log:
+    with stage("generator_quality", params) as log:
         exp = load_experiment(params)
         p = load_section(params, "evaluate", EvaluateParams)
         device = resolve_device(p.device, "evaluate.device")

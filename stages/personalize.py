@@ -39,7 +39,7 @@ def main(
     metrics: Path = typer.Option(Path("metrics/personalize.json")),
     class_accuracy_dir: Path = typer.Option(Path("plots/class_accuracy")),
 ) -> None:
-    with stage("personalize") as log:
+    with stage("personalize", params) as log:
         exp = load_experiment(params)
         p = load_section(params, "personalize", PersonalizeParams)
         device = resolve_device(p.device, "personalize.device")

@@ -28,7 +28,7 @@ def main(
     public: Path = typer.Option(Path("data/prepared/public.parquet"), help="the public pool"),
     out: Path = typer.Option(Path("models/generator"), help="the base generator folder"),
 ) -> None:
-    with stage("pretrain_generator") as log:
+    with stage("pretrain_generator", params) as log:
         g = load_section(params, "generator", GeneratorParams)
         if g.base != "tiny":
             manifest = checkpoint_manifest(g.base, g.revision)

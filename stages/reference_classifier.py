@@ -25,7 +25,7 @@ def main(
     out: Path = typer.Option(Path("models/reference_classifier")),
     metrics: Path = typer.Option(Path("metrics/reference_classifier.json")),
 ) -> None:
-    with stage("reference_classifier") as log:
+    with stage("reference_classifier", params) as log:
         p = load_section(params, "reference_classifier", ReferenceClassifierParams)
         budget = CacheBudget(p.cache_mb)
         train = open_images([prepared / "train.parquet"], budget=budget)

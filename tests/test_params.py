@@ -77,3 +77,29 @@ def test_falsy_train_section_is_an_error_not_the_defaults(tmp_path, value):
     assert "\n" not in str(info.value)
     path.write_text("train:\n")  # a section left empty: the defaults
     assert load_section(path, "train", TrainParams).rounds == TrainParams().rounds
+
+
+def test_a_stage_computes_with_the_threads_of_params_yaml(tmp_path):
+    import torch
+
+    from regl.stage import stage
+
+    before = torch.get_num_threads()
+    (tmp_path / "params.yaml").write_text("threads: 1\n")
+    try:
+        torch.set_num_threads(2)
+        with stage("test", tmp_path / "params.yaml"):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_below_one_stop_the_stage_in_one_line(tmp_path, capsys):
+    from regl.stage import stage
+
+    (tmp_path / "params.yaml").write_text("threads: 0\n")
+    with pytest.raises(SystemExit) as info:
+        with stage("test", tmp_path / "params.yaml"):
+            raise AssertionError("the body must not run")
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("threads = 0: must be >= 1 and <= 1024")

@@ -1,59 +1,159 @@
-"""`regl report` builds the paper's tables from a recorded `dvc exp show --json` (DVC 3.67, four runs)."""
+"""`regl report`: runs that differ only in their seeds form one cell, shown as mean ± std (n) over seeds.
+
+The inputs are `dvc exp show --json` documents: one recorded from DVC 3.67 (tests/data/exp_show.json) and
+small ones built here in the same shape, so each aggregation rule is checked on numbers worked out by hand.
+"""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from regl.report import Run, method_name, runs, table1, table2
+import pytest
 
+from regl.cli import render
+from regl.report import cells, mean_std, method_name, read_runs, table1, table2
+
+ROOT = Path(__file__).resolve().parents[1]
 RECORDED = Path(__file__).parent / "data" / "exp_show.json"
+BASE = {"beta": 0.01, "clients": list(range(10)), "threads": 2,
+        "partition": {"scheme": "dirichlet"},
+        "train": {"algorithm": "fedavg", "synthetic": True, "local_epochs": 2, "seed": 0, "lr": 0.05},
+        "personalize": {"synthetic": True, "seed": 0}}
 
 
-def test_runs_are_read_from_baseline_and_experiments():
-    found = runs(json.loads(RECORDED.read_text()))
-    assert sorted(r.name for r in found) == ["fedavg-e2", "fedavg-m5", "fedprox-b001", "master", "moon-b05"]
+def params(**changes) -> dict:
+    """BASE with dotted keys changed: params(**{"train.seed": 1})."""
+    doc = json.loads(json.dumps(BASE))
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = doc
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return doc
+
+
+def rev(name, p, final=None, last5=None, personal=None, stamp="2026-11-27T10:00:00", error=None):
+    metrics = {}
+    if final is not None:
+        metrics["metrics/train.json"] = {"data": {"accuracy": final, "accuracy_mean_last_5": last5}}
+        metrics["metrics/eval.json"] = {"data": {"global_accuracy": final, "personalized_accuracy_mean": personal}}
+    return {"revs": [{"rev": name * 4, "name": name, "error": error,
+                      "data": {"rev": name * 4, "timestamp": stamp, "params": {"params.yaml": {"data": p}},
+                               "metrics": metrics}}],
+            "name": name, "executor": None}
+
+
+def exp_show(*experiments, baseline_params=BASE) -> list:
+    return [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
+            {"rev": "c" * 40, "name": "main", "error": None, "experiments": list(experiments),
+             "data": {"rev": "c" * 40, "timestamp": "2026-11-27T09:00:00",
+                      "params": {"params.yaml": {"data": baseline_params}}, "metrics": {}}}]
+
+
+def regl_seeds(values, **changes):
+    return [rev(f"r{i}", params(**{"train.seed": i, "personalize.seed": i}, **changes), v, v - 0.01, 0.99)
+            for i, v in enumerate(values)]
+
+
+def test_mean_and_sample_std_by_hand():
+    # 70, 72, 77: mean 73, deviations -3, -1, 4, sample variance (9 + 1 + 16) / 2 = 13, std 3.61
+    assert mean_std([0.70, 0.72, 0.77]) == "73.0 ± 3.6 (3)"
+    assert mean_std([0.5]) == "50.0 (1)"  # one run: no spread to show
+    assert mean_std([]) == "–"
+
+
+def test_runs_differing_only_in_seeds_and_threads_form_one_cell():
+    runs = regl_seeds([0.70, 0.72]) + [rev("t", params(**{"train.seed": 2, "personalize.seed": 2, "threads": 1}),
+                                           0.77, 0.76, 0.99)]
+    runs.append(rev("lr", params(**{"train.lr": 0.01}), 0.40, 0.39, 0.9))
+    found, skipped = read_runs(exp_show(*runs))
+    assert skipped == []
+    grouped = cells([r for r in found if r.name != "main"])
+    assert sorted(len(c.runs) for c in grouped) == [1, 3]
+    three = next(c for c in grouped if len(c.runs) == 3)
+    assert mean_std(three.values("final")) == "73.0 ± 3.6 (3)"
+
+
+def test_a_seed_run_twice_counts_once_the_newest():
+    older = rev("old", params(), 0.10, 0.1, 0.9, stamp="2026-11-27T10:00:00")
+    newer = rev("new", params(), 0.80, 0.8, 0.9, stamp="2026-11-27T11:00:00")
+    found, _ = read_runs(exp_show(older, newer))
+    (cell,) = cells(found)  # "main" has no metrics: not a run
+    assert [r.name for r in cell.runs] == ["new"]
+
+
+def test_table1_shows_mean_std_n_per_method_and_column():
+    fedavg = [rev(f"f{i}", params(**{"train.seed": i, "train.synthetic": False, "personalize.synthetic": False}),
+                  v, v, 0.99) for i, v in enumerate([0.40, 0.50, 0.60])]
+    iid = [rev("iid", params(**{"partition.scheme": "iid", "train.synthetic": False,
+                                "personalize.synthetic": False}), 0.88, 0.88, 0.9)]
+    found, _ = read_runs(exp_show(*regl_seeds([0.70, 0.72, 0.77]), *fedavg, *iid))
+    lines = table1(cells(found)).splitlines()
+    assert lines[0] == "| method | β = 0.01, E = 2 | IID, E = 2 |"
+    assert lines[2:] == ["| FedAvg | 50.0 ± 10.0 (3) | 88.0 (1) |", "| ReGL | 73.0 ± 3.6 (3) |  |"]
+    text = render(cells(found), 0.01)
+    # (73 - 50) / (88 - 50) = 60.5 %; 88 - 73 = 15 points
+    assert "ReGL recovers 61 % of what skew costs FedAvg" in text and "15.0 points under" in text
+
+
+def test_ablations_name_what_each_regl_cell_changes():
+    found, _ = read_runs(exp_show(*regl_seeds([0.70, 0.72, 0.77]),
+                                  *regl_seeds([0.60, 0.62], **{"train.lr": 0.01})))
+    text = render(cells(found), 0.01)
+    assert "| as committed (params.yaml) | 73.0 ± 3.6 (3) | 72.0 ± 3.6 (3) | 99.0 ± 0.0 (3) |" in text
+    assert "| train.lr = 0.01 | 61.0 ± 1.4 (2) |" in text
+
+
+def test_failed_and_unfinished_runs_are_skipped_with_a_note():
+    failed = rev("boom", params(), error={"type": "CalledProcessError", "msg": "stage federated_train failed"})
+    unfinished = rev("half", params(**{"train.seed": 5}))  # no metrics
+    good = regl_seeds([0.7])
+    found, skipped = read_runs(exp_show(failed, unfinished, *good))
+    assert [r.name for r in found] == ["r0"]
+    assert any(s.startswith("boom: ") and "failed" in s for s in skipped)
+    assert "half: no metrics/train.json" in skipped
+
+
+def test_report_command_notes_skipped_runs_and_does_not_crash(tmp_path):
+    doc = tmp_path / "exp.json"
+    doc.write_text(json.dumps(exp_show(rev("boom", params(), error={"msg": "killed"}), *regl_seeds([0.7]))))
+    proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(doc)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: skipped boom: killed" in proc.stderr and "70.0 (1)" in proc.stdout
+
+
+def test_recorded_dvc_output_is_read():
+    found, _ = read_runs(json.loads(RECORDED.read_text()))
     by_name = {r.name: r for r in found}
+    assert sorted(by_name) == ["fedavg-e2", "fedavg-m5", "fedprox-b001", "main", "moon-b05"] or \
+        sorted(by_name) == ["fedavg-e2", "fedavg-m5", "fedprox-b001", "master", "moon-b05"]
     # `dvc exp run` leaves its params in the workspace, so the later runs inherited moon and beta = 0.5
-    assert by_name["moon-b05"].method == "MOON" and by_name["moon-b05"].beta == 0.5
-    assert by_name["fedavg-m5"].num_clients == 5 and by_name["fedavg-e2"].local_epochs == 2
-    assert by_name["fedprox-b001"].method == "FedProx" and by_name["master"].method == "FedAvg"
-
-
-def test_tables_fill_only_the_cells_that_ran():
-    found = runs(json.loads(RECORDED.read_text()))
-    lines = table1(found).splitlines()
-    assert lines[0] == "| method | β = 0.01, E = 1 | β = 0.5, E = 1 | β = 0.5, E = 2 |"
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
-    assert list(rows) == ["FedAvg", "FedProx", "MOON"]  # the paper's method order
-    assert rows["FedAvg"][1:] == ["", ""] and rows["FedAvg"][0].count("/") == 1
-    assert rows["MOON"][0] == "" and rows["MOON"][1] and rows["MOON"][2]
-    assert table2(found, 0.5).splitlines()[0] == "| method | M = 5 | M = 10 |"
-    assert table2(found, 0.01).splitlines()[0] == "| method | M = 10 |"
-
-
-def test_iid_runs_get_their_own_column():
-    found = runs(json.loads(RECORDED.read_text()))
-    skewed = next(r for r in found if r.name == "fedprox-b001")
-    iid = Run(**{**skewed.__dict__, "name": "fedprox-iid", "scheme": "iid", "global_accuracy": 0.75})
-    lines = table1(found + [iid]).splitlines()
-    assert lines[0].endswith("| IID, E = 1 |")
-    assert next(line for line in lines if line.startswith("| FedProx")).split("|")[-2].strip().startswith("75.0 / ")
-
-
-def test_cell_values_are_the_recorded_accuracies():
-    data = json.loads(RECORDED.read_text())
-    exp = next(e for e in data[1]["experiments"] if e["name"] == "fedprox-b001")["revs"][0]["data"]
-    acc = exp["metrics"]["metrics/eval.json"]["data"]["global_accuracy"]
-    row = next(line for line in table1(runs(data)).splitlines() if line.startswith("| FedProx"))
-    assert f"{100 * acc:.1f} / " in row
+    assert by_name["moon-b05"].method == "MOON" and by_name["moon-b05"].params["beta"] == 0.5
+    assert by_name["fedprox-b001"].changes == {"train.algorithm": "fedprox"}
+    assert table2(cells(found), 0.5).splitlines()[0] == "| method | M = 5 | M = 10 |"
 
 
 def test_regl_is_fedavg_with_synthetic_data():
     assert method_name("fedavg", True) == "ReGL" and method_name("moon", True) == "MOON + synthetic"
 
 
-def test_report_command_prints_markdown():
-    proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(RECORDED)],
-                          capture_output=True, text=True, check=True)
-    assert "Table 1" in proc.stdout and "| FedProx |" in proc.stdout and "Table 2" in proc.stdout
+def readme_reports() -> list[tuple[str, str]]:
+    """(command, the block the README shows under it) for every `regl report --json FILE` in the README."""
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```\n\$ (regl report --json \S+)\n(.*?)```", text, re.S)
+
+
+def test_readme_tables_are_what_report_prints_from_the_committed_results():
+    blocks = readme_reports()
+    if not blocks:
+        pytest.fail("the README shows no `regl report --json experiments/results/...` output")
+    for command, shown in blocks:
+        path = ROOT / command.split()[-1]
+        assert path.is_file(), f"{path} is not committed"
+        proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(path)],
+                              capture_output=True, text=True, check=True, cwd=ROOT)
+        assert proc.stdout == shown, f"README block under `{command}` differs from what it prints"

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from regl.report import runs, table1, table2
+from regl.report import ablations, cells, read_runs, skew_recovery, table1, table2, unplaced
 
 app = typer.Typer(add_completion=False, help="regl: federated learning under label skew, with DVC.")
 
@@ -26,7 +26,8 @@ def report(
     all_commits: bool = typer.Option(False, "--all-commits", "-A", help="include experiments of every commit"),
     beta: float = typer.Option(0.01, "--beta", help="the skew β of Table 2's runs"),
 ) -> None:
-    """Print the paper's Table 1 (methods x beta, local epochs) and Table 2 (methods x clients) as Markdown."""
+    """Print the paper's tables (methods x skew and local epochs; methods x clients) and ReGL's ablations as
+    Markdown, each cell mean ± std (n) over the runs that differ only in their seeds."""
     if exp_json is not None:
         data = json.loads(exp_json.read_text())
     else:
@@ -36,14 +37,37 @@ def report(
             typer.echo(f"error: dvc exp show failed: {proc.stderr.strip().splitlines()[-1:]}", err=True)
             raise typer.Exit(2)
         data = json.loads(proc.stdout)
-    found = runs(data)
+    found, skipped = read_runs(data)
+    for note in skipped:
+        typer.echo(f"note: skipped {note}", err=True)
     if not found:
         typer.echo("error: no experiment with training metrics (train.json) found (run `dvc exp run` first)", err=True)
         raise typer.Exit(2)
-    typer.echo("Table 1: global / mean personalized test accuracy (%), by skew β and local epochs E\n")
-    typer.echo(table1(found))
-    typer.echo(f"\nTable 2: global test accuracy (%), by number of clients M, at β = {beta:g}\n")
-    typer.echo(table2(found, beta))
+    typer.echo(render(cells(found), beta))
+
+
+def render(all_cells, beta: float) -> str:
+    """The report's Markdown: every cell ``mean ± std (n)`` over seeds, accuracy in %."""
+    parts = [
+        "Table 1: global test accuracy at the last round (%), by skew β and local epochs E",
+        table1(all_cells, "final"),
+        "Table 1b: global test accuracy, mean of the last five rounds (%)",
+        table1(all_cells, "last5"),
+        "Table 1c: personalized test accuracy, mean over clients (%)",
+        table1(all_cells, "personalized"),
+        f"Table 2: global test accuracy at the last round (%), by number of clients M, at β = {beta:g}",
+        table2(all_cells, beta, "final"),
+        "Ablations: ReGL variants (%)",
+        ablations(all_cells),
+    ]
+    other = unplaced(all_cells)
+    if other:
+        parts += ["Other cells (in none of the tables above)", other]
+    recovered = [skew_recovery(all_cells, beta, m) for m in ("final", "last5")]
+    if recovered[0]:
+        parts += ["Label skew recovered (last round; then mean of the last five rounds)",
+                  "\n".join(r for r in recovered if r)]
+    return "\n\n".join(parts) + "\n"
 
 
 if __name__ == "__main__":

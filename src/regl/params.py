@@ -42,12 +42,13 @@ class Section(BaseModel):
 
 
 class ExperimentParams(BaseModel):
-    """The top-level keys: the skew strength and the clients taking part."""
+    """The top-level keys: the skew strength, the clients taking part and the CPU threads each stage uses."""
 
     model_config = ConfigDict(extra="ignore", **_STRICT)
 
     beta: float = Field(0.01, gt=0, description="Dirichlet concentration of the label skew")
     clients: list[int] = Field(default_factory=lambda: list(range(10)), min_length=1)
+    threads: int = Field(2, ge=1, le=1024, description="torch CPU threads of every stage that computes")
 
     @field_validator("clients")
     @classmethod
@@ -62,7 +63,7 @@ class ExperimentParams(BaseModel):
 
 # Every top-level key of params.yaml: the two shared keys and one section per stage. Anything else is a typo
 # (a misspelled section would otherwise leave its stage on the defaults without a word).
-TOP_LEVEL_KEYS = ("beta", "clients", "prepare", "partition", "generator", "finetune", "generate",
+TOP_LEVEL_KEYS = ("beta", "clients", "threads", "prepare", "partition", "generator", "finetune", "generate",
                   "reference_classifier", "train", "personalize", "evaluate")
 
 T = TypeVar("T", bound=BaseModel)

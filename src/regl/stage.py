@@ -12,23 +12,36 @@ from typing import Any, Iterator
 
 from regl.atomic import write_text
 from regl.errors import ReglError
+from regl.params import load_experiment
 
 log = logging.getLogger("regl")
 
 
 @contextlib.contextmanager
-def stage(name: str) -> Iterator[logging.Logger]:
-    """Run a stage body: log start and end, report user errors as ``error: <one line>`` and exit 2."""
+def stage(name: str, params: Path | None = None) -> Iterator[logging.Logger]:
+    """Run a stage body: log start and end, report user errors as ``error: <one line>`` and exit 2.
+
+    Given the params file, torch uses its top-level ``threads`` count: float sums run in an order that depends
+    on the thread count, so outputs are bit-identical only at the same count, and two stages at full thread
+    count side by side on the same cores spin-wait each other (docs/experiments.md)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     stage_log = logging.getLogger(f"regl.{name}")
     start = time.perf_counter()
     stage_log.info("start")
     try:
+        if params is not None:
+            use_threads(load_experiment(params).threads)
         yield stage_log
     except ReglError as exc:
         report(exc)
         raise SystemExit(2) from None
     stage_log.info("done in %.1f s", time.perf_counter() - start)
+
+
+def use_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
 
 
 def report(exc: ReglError) -> None:

@@ -1,0 +1,145 @@
+"""Run (or queue) a grid of regl experiments over seeds, as DVC experiments, and export the results.
+
+    python experiments/sweep.py headline --seeds 0 1 2                  # run now, one after another
+    python experiments/sweep.py table1 --seeds 0 1 2 --workers 2 --queue # queue; then: dvc queue start -j 2
+    regl report                                                         # mean ± std (n) per cell
+
+A cell is a set of `-S` overrides (a method, a skew, a number of clients...); a run is a cell at one seed.
+The seed is `train.seed` and `personalize.seed` (model init, client sampling, batch order); the partition and
+the generator stay fixed within a cell: they are the cell's data (vary `partition.seed`, `generator.seed`,
+`finetune.seed` or `generate.seed` as cells of their own to measure that spread too). So only the training
+stages rerun per seed; DVC takes every other stage from its cache.
+
+Every run names every key a grid varies, so nothing leaks from the run before (`dvc exp run` leaves its params in
+the workspace). Each run gets `threads = cores // workers`: N experiments side by side, each at full thread count,
+spin-wait on shared cores. A run whose name exists already is skipped, so a sweep cut short resumes. With
+`--export FILE`, `dvc exp show --json` is written to FILE after every finished run (commit it as you go).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BASELINES = ["fedavg", "fedprox", "scaffold", "fednova", "fedadam", "moon"]
+
+# Every key any grid varies, at the value params.yaml ships with; a run overrides some of them.
+DEFAULTS = {
+    "beta": "0.01",
+    "clients": "[0,1,2,3,4,5,6,7,8,9]",
+    "partition.scheme": "dirichlet",
+    "train.algorithm": "fedavg",
+    "train.synthetic": "true",
+    "personalize.synthetic": "true",
+    "train.local_epochs": "2",
+    "train.weighting": "real",
+    "generate.lora_scale": "0.8",
+    "generate.images_per_class": "40",
+}
+
+
+def method(algorithm: str, synthetic: bool) -> dict[str, str]:
+    s = "true" if synthetic else "false"
+    return {"train.algorithm": algorithm, "train.synthetic": s, "personalize.synthetic": s}
+
+
+def regl() -> dict[str, str]:
+    return method("fedavg", True)
+
+
+def methods() -> dict[str, dict[str, str]]:
+    """The paper's comparison: every baseline on real images only, and ReGL (FedAvg + synthetic images)."""
+    return {**{alg: method(alg, False) for alg in BASELINES}, "regl": regl()}
+
+
+def clients(m: int) -> str:
+    return "[" + ",".join(str(i) for i in range(m)) + "]"
+
+
+def grid(name: str) -> dict[str, dict[str, str]]:
+    """Cell name -> overrides, for each grid this script knows."""
+    iid = {"partition.scheme": "iid", **method("fedavg", False)}
+    if name == "headline":  # the README's first table: ReGL vs FedAvg vs the IID reference, default recipe
+        return {"fedavg-b0.01": method("fedavg", False), "regl-b0.01": regl(), "iid-fedavg": iid}
+    if name in ("table1", "table1-e5"):
+        e = "5" if name == "table1-e5" else "2"
+        cells = {f"{m}-b{b}-e{e}": {**o, "beta": b, "train.local_epochs": e}
+                 for b in ("0.01", "0.5") for m, o in methods().items()}
+        return {**cells, f"iid-fedavg-e{e}": {**iid, "train.local_epochs": e}}
+    if name == "table2":
+        return {f"{m}-m{n}": {**o, "clients": clients(n)} for n in (5, 10, 20, 50) for m, o in methods().items()}
+    if name == "table2-m100":
+        return {f"{m}-m100": {**o, "clients": clients(100)} for m, o in methods().items()}
+    if name == "ablations":
+        return {
+            "regl-base-model": {**regl(), "generate.lora_scale": "0"},
+            "regl-weighting-samples": {**regl(), "train.weighting": "samples"},
+            "regl-weighting-uniform": {**regl(), "train.weighting": "uniform"},
+            "regl-ipc120": {**regl(), "generate.images_per_class": "120"},
+            "regl-ipc400": {**regl(), "generate.images_per_class": "400"},
+        }
+    raise SystemExit(f"error: unknown grid {name!r}; known: headline, table1, table1-e5, table2, table2-m100, "
+                     "ablations")
+
+
+def existing_names() -> set[str]:
+    out = subprocess.run(["dvc", "exp", "ls", "--name-only"], capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line.strip() and not line.endswith(":")}
+
+
+def export(path: Path) -> None:
+    data = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("grid", help="headline | table1 | table1-e5 | table2 | table2-m100 | ablations")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--cells", nargs="*", help="only these cells of the grid (default: all)")
+    ap.add_argument("--workers", type=int, default=1, help="experiments that will run side by side")
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the workers share")
+    ap.add_argument("--queue", action="store_true", help="queue the runs (dvc queue start -j WORKERS)")
+    ap.add_argument("--stages", nargs="*", help="run only these stages, without checking upstream ones "
+                    "(dvc exp run -s): for when the generator stages are cached as they are")
+    ap.add_argument("--export", type=Path, help="write `dvc exp show --json` here after every run")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = ap.parse_args(argv)
+
+    cells = grid(args.grid)
+    unknown = set(args.cells or []) - set(cells)
+    if unknown:
+        raise SystemExit(f"error: no cell {sorted(unknown)} in grid {args.grid}; cells: {', '.join(cells)}")
+    threads = max(1, args.cores // args.workers)
+    done = set() if args.dry_run else existing_names()
+    for seed in args.seeds:  # seeds outermost: every cell has one run before any has three
+        for cell, overrides in cells.items():
+            if args.cells and cell not in args.cells:
+                continue
+            name = f"{cell}-s{seed}"
+            if name in done:
+                print(f"skip {name}: ran already", flush=True)
+                continue
+            values = {**DEFAULTS, **overrides, "train.seed": str(seed), "personalize.seed": str(seed),
+                      "threads": str(threads)}
+            cmd = ["dvc", "exp", "run", "-n", name] + (["--queue"] if args.queue else [])
+            cmd += [arg for key, value in values.items() for arg in ("-S", f"{key}={value}")]
+            if args.stages:
+                cmd += ["-s", *args.stages]
+            print(" ".join(cmd), flush=True)
+            if args.dry_run:
+                continue
+            subprocess.run(cmd, check=True)
+            if args.export and not args.queue:
+                export(args.export)
+    if args.queue and not args.dry_run:
+        print(f"queued; start with: dvc queue start -j {args.workers}; then: regl report", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
