@@ -34,13 +34,11 @@ from regl.evaluation import evaluate
 from regl.federated.engine import Federation, InProcessClients
 from regl.federated.registry import build_algorithm, projection_dim
 from regl.federated.train_params import ALGORITHMS, TrainParams
-from regl.images import decode_png
+from regl.imageset import open_images
 from regl.models import build_model
 from regl.params import load_experiment, load_section
 from regl.partition import PartitionParams, split_clients
 from regl.seeding import derive_seed, rng
-from regl.shards import read_shard
-from regl.tensors import shard_tensors
 
 
 def set_key(d: dict, dotted: str, value: str) -> None:
@@ -55,17 +53,15 @@ def one_run(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(job["device"])
-    train = read_shard(Path(job["prepared"]) / "train.parquet")
-    test = read_shard(Path(job["prepared"]) / "test.parquet")
-    channels = decode_png(test.images[0]).shape[2]  # as the federated_train stage reads it
-    x, y = shard_tensors(train, channels)
-    test_x, test_y = shard_tensors(test, channels)
+    test = open_images([Path(job["prepared"]) / "test.parquet"])  # channels as the federated_train stage reads them
+    size, _, channels = test.shape
+    train = open_images([Path(job["prepared"]) / "train.parquet"], channels)
     part = PartitionParams.model_validate(job["partition"])
-    split = split_clients(train.labels, len(train.class_names), len(job["clients"]), job["beta"], part.scheme,
-                          part.min_size, part.max_tries, part.classes_per_client, rng(part.seed, "partition"))
-    clients = [ClientData(cid, x[idx], y[idx], len(idx)) for cid, idx in zip(job["clients"], split.indices)]
+    split = split_clients(train.labels.numpy(), len(train.class_names), len(job["clients"]), job["beta"],
+                          part.scheme, part.min_size, part.max_tries, part.classes_per_client,
+                          rng(part.seed, "partition"))
+    clients = [ClientData(cid, train.subset(idx), len(idx)) for cid, idx in zip(job["clients"], split.indices)]
     p = TrainParams.model_validate(job["train"])
-    size = x.shape[-1]
 
     def factory():
         with torch.random.fork_rng(devices=[]):
@@ -78,7 +74,7 @@ def one_run(job: dict) -> dict:
     start, curve = time.perf_counter(), []
     for _ in range(p.rounds):
         fed.run_round()
-        m = evaluate(fed.model, test_x, test_y, device=device)
+        m = evaluate(fed.model, test, device)
         curve.append(round(m["accuracy"], 4))
     return {**{k: job[k] for k in ("name", "beta")}, "curve": curve, "final": curve[-1],
             "mean_last_5": round(float(np.mean(curve[-5:])), 4), "seconds": round(time.perf_counter() - start, 1)}

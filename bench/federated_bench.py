@@ -21,6 +21,8 @@ from regl.federated.engine import InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup, make_federation
 from regl.federated.train_params import TrainParams
+from regl.imageset import open_images
+from regl.naming import client_file
 from regl.params import load_experiment
 from regl.training import train_epochs
 
@@ -35,12 +37,11 @@ def main() -> None:
     exp = load_experiment(args.params)
     p = TrainParams(algorithm=args.algorithm, client_fraction=1.0, local_epochs=1)
     clients = [load_client(c, Path("data/clients"), Path("data/synthetic"), False, channels=1) for c in exp.clients]
-    size = clients[0].x.shape[-1]
+    size = clients[0].images.shape[0]
     setup = RunSetup(p, exp.clients, 1, 10, size)
     factory = setup.model_factory()
-    x = torch.cat([c.x for c in clients])
-    y = torch.cat([c.y for c in clients])
-    print(f"{len(clients)} clients, {len(y)} images of {size} px, batch {p.batch_size}, "
+    union = open_images([client_file(Path("data/clients"), c) for c in exp.clients], 1)
+    print(f"{len(clients)} clients, {len(union)} images of {size} px, batch {p.batch_size}, "
           f"torch threads {torch.get_num_threads()}")
 
     algorithm = build_algorithm(p)
@@ -54,7 +55,7 @@ def main() -> None:
         rss.append(process.memory_info().rss / 2**20)
         model = factory()
         start = time.perf_counter()
-        train_epochs(model, x, y, p, 1, 0, "central", r)
+        train_epochs(model, union, p, 1, 0, "central", r)
         central_times.append(time.perf_counter() - start)
 
     f, c = statistics.median(fed_times), statistics.median(central_times)

@@ -78,40 +78,35 @@ def run_job(job: Job, args) -> dict:
     from regl.federated.engine import Federation, InProcessClients
     from regl.federated.registry import build_algorithm
     from regl.federated.train_params import TrainParams
+    from regl.imageset import open_images
     from regl.partition import iid
     from regl.seeding import rng
-    from regl.shards import read_shard
-    from regl.tensors import shard_tensors
     from regl.training import train_epochs
 
     torch.set_num_threads(1)
     device = torch.device(args.device)
     recipe = RECIPES[job.recipe]
     start = time.perf_counter()
-    pool = read_shard(args.prepared / "train.parquet")
-    x, y = shard_tensors(pool, 1)
-    tx, ty = shard_tensors(read_shard(args.prepared / "test.parquet"), 1)
-    tx = tx.to(device)
-    keep = subset(y.numpy(), job.size) if job.kind != "skew" else np.arange(len(y))
-    x, y = x[keep].to(device), y[keep].to(device)
-    factory = model_factory(recipe, 1, x.shape[-1])
+    pool = open_images([args.prepared / "train.parquet"], 1)
+    test = open_images([args.prepared / "test.parquet"], 1)
+    keep = subset(pool.labels.numpy(), job.size) if job.kind != "skew" else np.arange(len(pool))
+    pool = pool.subset(keep)
+    factory = model_factory(recipe, 1, pool.shape[0])
     p = TrainParams(algorithm="fedavg", lr=recipe["lr"], batch_size=recipe["batch_size"],
                     local_epochs=recipe["local_epochs"], local_steps=job.local_steps, rounds=args.rounds)
     curve, steps = [], []
     if job.kind == "central":
         model = factory().to(device)
         for epoch in range(args.central_epochs):
-            train_epochs(model, x, y, p, 1, 0, "central", epoch, device=device)
-            curve.append(evaluate(model, tx, ty, device=device)["accuracy"])
+            train_epochs(model, pool, p, 1, 0, "central", epoch, device=device)
+            curve.append(evaluate(model, test, device)["accuracy"])
     else:
         if job.kind == "fed":
-            parts = iid(y.cpu().numpy(), args.clients, 1, rng(0, "recipe_bench", "iid", job.size)).indices
-            clients = [ClientData(i, x[idx], y[idx], len(idx)) for i, idx in enumerate(parts)]
+            parts = iid(pool.labels.numpy(), args.clients, 1, rng(0, "recipe_bench", "iid", job.size)).indices
+            clients = [ClientData(i, pool.subset(idx), len(idx)) for i, idx in enumerate(parts)]
         else:
             ids = sorted(int(f.stem.split("_")[1]) for f in args.clients_dir.glob("client_*.parquet"))
             clients = [load_client(c, args.clients_dir, args.synthetic_dir, job.synthetic, channels=1) for c in ids]
-            for c in clients:
-                c.x, c.y = c.x.to(device), c.y.to(device)
         algorithm = build_algorithm(p)
         runner = InProcessClients(clients, factory().to(device), algorithm, p, device)
         fed = Federation(factory(), algorithm, runner, [c.client for c in clients], 1.0, 0, device)
@@ -125,10 +120,10 @@ def run_job(job: Job, args) -> dict:
         runner.train = counted
         for _ in range(args.rounds):
             fed.run_round()
-            curve.append(evaluate(fed.model, tx, ty, device=device)["accuracy"])
+            curve.append(evaluate(fed.model, test, device)["accuracy"])
     return {**asdict(job), **recipe, "curve": [round(a, 4) for a in curve],
             "mean_local_steps_per_round": round(float(np.mean(steps)), 2) if steps else None,
-            "images": int(len(y)), "seconds": round(time.perf_counter() - start, 1), "device": args.device}
+            "images": len(pool), "seconds": round(time.perf_counter() - start, 1), "device": args.device}
 
 
 def summary(curve: list[float], at: int) -> dict:

@@ -13,6 +13,7 @@ import typer
 from regl.atomic import write_text
 from regl.device import resolve_device
 from regl.evaluation import (
+    EvaluateParams,
     PersonalizeMetrics,
     TrainMetrics,
     confusion_matrix,
@@ -20,13 +21,13 @@ from regl.evaluation import (
     predicted_classes,
     read_metrics,
 )
+from regl.imageset import CacheBudget, open_images
 from regl.modelio import load_model
 from regl.naming import client_file, client_name
-from regl.params import load_experiment
+from regl.params import load_experiment, load_section
 from regl.plots import count_heatmap, heatmaps_side_by_side, save_figure
-from regl.shards import read_class_counts, read_shard
+from regl.shards import read_class_counts
 from regl.stage import stage, write_json
-from regl.tensors import shard_tensors
 
 app = typer.Typer(add_completion=False)
 
@@ -53,11 +54,12 @@ def main(
         exp = load_experiment(params)
         trained = read_metrics(train_metrics, TrainMetrics, "federated_train")
         personal = read_metrics(personal_metrics, PersonalizeMetrics, "personalize", exp.clients)
-        model, arch = load_model(model_file, resolve_device("auto", "evaluate"))
-        test = read_shard(test_file)
+        p = load_section(params, "evaluate", EvaluateParams)
+        device = resolve_device(p.device, "evaluate.device")
+        model, arch = load_model(model_file, device)
+        test = open_images([test_file], arch["channels"], CacheBudget(p.cache_mb))
         names, k = test.class_names, len(test.class_names)
-        x, y = shard_tensors(test, arch["channels"])
-        actual, predicted = y.numpy(), predicted_classes(model, x, next(model.parameters()).device)
+        actual, predicted = test.labels.numpy(), predicted_classes(model, test, device, p)
         real = np.stack([_counts(client_file(clients_dir, c), k) for c in exp.clients])
         synthetic = np.stack([_counts(client_file(synthetic_dir, c), k) for c in exp.clients])
         report = evaluation_report(actual, predicted, names, exp.clients, real, synthetic, trained, personal)

@@ -24,12 +24,10 @@ from regl.federated.engine import ClientRunner, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup, curve_csv, make_federation, model_arch, train, train_metrics
 from regl.federated.train_params import TrainParams
-from regl.images import decode_checked
+from regl.imageset import CacheBudget, ShardImages, open_images
 from regl.modelio import save_model
 from regl.params import load_experiment, load_section
-from regl.shards import read_shard
 from regl.stage import stage, write_json
-from regl.tensors import shard_tensors
 
 app = typer.Typer(add_completion=False)
 
@@ -51,13 +49,13 @@ class Files:
         return replace(self, **{f.name: root / getattr(self, f.name) for f in fields(self)})
 
 
-def read_setup(files: Files) -> tuple[RunSetup, tuple[torch.Tensor, torch.Tensor]]:
+def read_setup(files: Files, budget: CacheBudget) -> tuple[RunSetup, ShardImages]:
     exp, p = load_experiment(files.params), load_section(files.params, "train", TrainParams)
-    test = read_shard(files.test_file)
+    test = open_images([files.test_file], budget=budget)
     if not len(test):
         raise ReglError(f"{files.test_file}: holds no images; re-run prepare (dvc repro prepare)")
-    size, _, channels = decode_checked(test.images[0], None, test.where(0)).shape
-    return RunSetup(p, exp.clients, channels, len(test.class_names), size), shard_tensors(test, channels)
+    size, _, channels = test.shape
+    return RunSetup(p, exp.clients, channels, len(test.class_names), size), test
 
 
 def train_and_write(files: Files, setup: RunSetup, test, algorithm: Algorithm, runner: ClientRunner,
@@ -68,7 +66,7 @@ def train_and_write(files: Files, setup: RunSetup, test, algorithm: Algorithm, r
     real, synthetic = runner.image_counts()
     log.info("%s on %s (%s engine): %d clients, %d real + %d synthetic images, %d rounds", p.algorithm, device,
              p.engine, len(setup.clients), real, synthetic, p.rounds)
-    result = train(fed, p.rounds, test, checkpoint)
+    result = train(fed, p.rounds, test, checkpoint, p)
     save_model(files.model_out, result.federation.model, model_arch(setup))
     write_json(files.metrics, train_metrics(setup, result.curve, real, synthetic))
     write_text(files.curve_out, curve_csv(result.curve))
@@ -78,11 +76,12 @@ def train_and_write(files: Files, setup: RunSetup, test, algorithm: Algorithm, r
 
 
 def train_locally(files: Files, log) -> None:
-    setup, test = read_setup(files)
+    budget = CacheBudget(load_section(files.params, "train", TrainParams).cache_mb)
+    setup, test = read_setup(files, budget)
     p = setup.params
     shards = client_files(setup.clients, files.clients_dir, files.synthetic_dir, p.synthetic, "train.synthetic")
     device = resolve_device(p.device)
-    clients = [load_client(cid, files.clients_dir, files.synthetic_dir, p.synthetic, setup.channels)
+    clients = [load_client(cid, files.clients_dir, files.synthetic_dir, p.synthetic, setup.channels, budget=budget)
                for cid in tqdm(setup.clients, desc="load clients", unit="client", leave=False)]
     algorithm = build_algorithm(p)
     runner = InProcessClients(clients, setup.model_factory()().to(device), algorithm, p, device)
@@ -96,7 +95,7 @@ def train_on_flower(files: Files, grid, log) -> None:
     """The ServerApp's body. A Flower run does not resume: the clients' state lives on the nodes."""
     from regl.federated.flower_engine import FlowerClients
 
-    setup, test = read_setup(files)
+    setup, test = read_setup(files, CacheBudget(load_section(files.params, "train", TrainParams).cache_mb))
     device = resolve_device(setup.params.device)
     runner = FlowerClients(grid, setup, device, files.clients_dir, files.synthetic_dir)
     train_and_write(files, setup, test, build_algorithm(setup.params), runner, device, None, log)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import typer
 
+from regl.device import resolve_device
+from regl.evaluation import EvaluateParams
 from regl.generator.quality import client_quality, quality_report
+from regl.imageset import CacheBudget, open_images
 from regl.naming import client_file, client_name
-from regl.params import load_experiment
+from regl.params import load_experiment, load_section
 from regl.reference_classifier import load_reference
-from regl.shards import read_shard
 from regl.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
@@ -29,11 +31,16 @@ def main(
 ) -> None:
     with stage("generator_quality", params) as log:
         exp = load_experiment(params)
+        p = load_section(params, "evaluate", EvaluateParams)
+        device = resolve_device(p.device, "evaluate.device")
         model, config = load_reference(reference)
+        model.to(device)
         per_client, per_class = {}, []
         for c in exp.clients:
-            q, hits = client_quality(model, read_shard(client_file(clients, c)), read_shard(client_file(synthetic, c)),
-                                     read_shard(client_file(vanilla, c)))
+            budget = CacheBudget(p.cache_mb)  # one client's images at a time
+            shards = [open_images([client_file(d, c)], config["channels"], budget)
+                      for d in (clients, synthetic, vanilla)]
+            q, hits = client_quality(model, *shards, device, p)
             per_client[client_name(c)] = q
             per_class.append(hits)
             log.info("%s: classifiability %.3f, Fréchet vanilla %.1f -> adapted %.1f", client_name(c),

@@ -15,14 +15,14 @@ from tqdm import tqdm
 from regl.atomic import atomic_dir
 from regl.client_data import client_files, load_client
 from regl.device import resolve_device
+from regl.imageset import CacheBudget, open_images
 from regl.modelio import load_model, save_model
 from regl.naming import client_file, client_name
 from regl.params import load_experiment, load_section
 from regl.personalize import PersonalizeParams, client_metrics, personalize, reported, summary
 from regl.plots import class_accuracy_figure, save_figure
-from regl.shards import read_class_counts, read_shard
+from regl.shards import read_class_counts
 from regl.stage import stage, write_json
-from regl.tensors import shard_tensors
 
 app = typer.Typer(add_completion=False)
 
@@ -46,20 +46,23 @@ def main(
         client_files(exp.clients, clients_dir, synthetic_dir, p.synthetic, "personalize.synthetic")
         client_files(exp.clients, local_test_dir, synthetic_dir, False, "")
         global_model, arch = load_model(model_file, device)
-        test = read_shard(test_file)
-        names, channels = test.class_names, arch["channels"]
-        global_test = shard_tensors(test, channels)
+        budget = CacheBudget(p.cache_mb)
+        global_test = open_images([test_file], arch["channels"], budget)
+        names, channels = global_test.class_names, arch["channels"]
 
         torch.use_deterministic_algorithms(True, warn_only=True)
         per_client, models, class_before = {}, {}, None
         with atomic_dir(class_accuracy_dir) as figures:
             for cid in tqdm(exp.clients, desc="personalize", unit="client"):
-                data = load_client(cid, clients_dir, synthetic_dir, p.synthetic, channels, only_held_classes=True)
-                local = shard_tensors(read_shard(client_file(local_test_dir, cid)), channels)
+                # one client at a time: its data goes when the next one comes (and gives back its budget)
+                client_budget = CacheBudget(budget.left / 2**20)
+                data = load_client(cid, clients_dir, synthetic_dir, p.synthetic, channels, only_held_classes=True,
+                                   budget=client_budget)
+                local = open_images([client_file(local_test_dir, cid)], channels, client_budget)
                 result = personalize(global_model, data, local, global_test, len(names), p, device, class_before)
                 class_before = result.class_accuracy_before  # the same global model for every client
                 models[cid] = result.model
-                per_client[str(cid)] = client_metrics(data, len(local[1]), result, names)
+                per_client[str(cid)] = client_metrics(data, len(local), result, names)
                 # the figure counts every synthetic image the client has, whatever personalize.synthetic says
                 synthetic = client_file(synthetic_dir, cid)
                 fig = class_accuracy_figure(
@@ -70,6 +73,7 @@ def main(
                 save_figure(fig, client_file(figures, cid, ".png"))
                 log.info("client %d: local accuracy %.4f -> %.4f", cid, result.accuracy_before,
                          result.accuracy_after)
+                del data, local  # before the next client's are read
             with atomic_dir(models_out) as tmp:
                 for cid, model in models.items():
                     save_model(client_file(tmp, cid, ".safetensors"), model, {**arch, "client": cid})

@@ -10,11 +10,10 @@ import typer
 
 from regl.atomic import atomic_dir
 from regl.evaluation import evaluate
+from regl.imageset import CacheBudget, open_images
 from regl.params import load_section
 from regl.reference_classifier import ReferenceClassifierParams, save_reference, train_reference
-from regl.shards import read_shard
 from regl.stage import stage, write_json
-from regl.tensors import shard_tensors
 
 app = typer.Typer(add_completion=False)
 
@@ -28,9 +27,11 @@ def main(
 ) -> None:
     with stage("reference_classifier", params) as log:
         p = load_section(params, "reference_classifier", ReferenceClassifierParams)
-        train, test = read_shard(prepared / "train.parquet"), read_shard(prepared / "test.parquet")
+        budget = CacheBudget(p.cache_mb)
+        train = open_images([prepared / "train.parquet"], budget=budget)
+        test = open_images([prepared / "test.parquet"], train.shape[2], budget)
         model, config = train_reference(train, p)
-        result = evaluate(model, *shard_tensors(test))
+        result = evaluate(model, test, compute=p)
         log.info("%s on %d real training images: test accuracy %.3f", p.model, len(train), result["accuracy"])
         with atomic_dir(out) as tmp:
             save_reference(model, config, tmp)

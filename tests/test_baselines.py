@@ -17,6 +17,7 @@ from regl.federated.algorithm import ClientResult
 from regl.federated.engine import Federation, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train_params import ALGORITHMS, TrainParams
+from regl.imageset import TensorImages
 
 
 def federation(build, p, clients):
@@ -34,7 +35,7 @@ def skewed_clients(sizes=(32, 32)):
     x1 = torch.randn(sizes[1], 4, generator=gen) + 2.0
     y0 = torch.randint(0, 3, (sizes[0],), generator=gen)
     y1 = (x1[:, 0] > 2).long() + 1
-    return [ClientData(0, x0, y0, sizes[0]), ClientData(1, x1, y1, sizes[1])]
+    return [ClientData(0, TensorImages(x0, y0), sizes[0]), ClientData(1, TensorImages(x1, y1), sizes[1])]
 
 
 def linear():
@@ -46,7 +47,7 @@ def linear():
 def optimum(clients, wd):
     """argmin Σ p_i f_i(w) + (wd/2)‖w‖², p_i ∝ n_i, by full-batch L-BFGS on the union (strongly convex)."""
     model = linear()
-    x, y = torch.cat([c.x for c in clients]), torch.cat([c.y for c in clients])
+    x, y = torch.cat([c.images.x for c in clients]), torch.cat([c.images.labels for c in clients])
     opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
                             history_size=50)
 
@@ -357,7 +358,8 @@ def test_every_algorithm_learns_a_tiny_easy_problem(algorithm):
     from regl.models import build_model
 
     gen = torch.Generator().manual_seed(0)
-    clients = [ClientData(i, *easy_data(48, cls, gen), 48) for i, cls in enumerate([[0, 1], [1, 2], [2, 3], [3, 0]])]
+    clients = [ClientData(i, TensorImages(*easy_data(48, cls, gen)), 48)
+               for i, cls in enumerate([[0, 1], [1, 2], [2, 3], [3, 0]])]
     test_x, test_y = easy_data(200, [0, 1, 2, 3], gen)
     p = TrainParams(algorithm=algorithm, local_epochs=5, batch_size=16)
 
@@ -367,8 +369,8 @@ def test_every_algorithm_learns_a_tiny_easy_problem(algorithm):
             return build_model("cnn", 1, 4, 16, projection_dim(p))
 
     fed = federation(factory, p, clients)
-    start = evaluate(fed.model, test_x, test_y)
+    start = evaluate(fed.model, TensorImages(test_x, test_y))
     for _ in range(10):
         fed.run_round()
-    end = evaluate(fed.model, test_x, test_y)
+    end = evaluate(fed.model, TensorImages(test_x, test_y))
     assert end["loss"] < 0.5 * start["loss"] and end["accuracy"] > 0.9, (start, end)

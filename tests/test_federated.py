@@ -9,6 +9,7 @@ from regl.federated.engine import Federation, InProcessClients, select_clients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import train
 from regl.federated.train_params import ALGORITHMS, TrainParams
+from regl.imageset import TensorImages
 from regl.models import build_model
 from regl.seeding import derive_seed
 
@@ -19,7 +20,7 @@ def make_clients(sizes, seed=0):
     for cid, n in enumerate(sizes):
         y = torch.randint(0, 4, (n,), generator=gen)
         x = torch.randn(n, 1, 16, 16, generator=gen) + y.view(-1, 1, 1, 1).float() * 0.5
-        clients.append(ClientData(cid, x, y, n))
+        clients.append(ClientData(cid, TensorImages(x, y), n))
     return clients
 
 
@@ -102,7 +103,7 @@ def test_client_selection_is_keyed_by_seed_and_round():
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_resume_equals_uninterrupted(tmp_path, algorithm):
-    test = tuple(make_clients([30], seed=9)[0].__dict__[k] for k in ("x", "y"))
+    test = make_clients([30], seed=9)[0].images
     straight = train(federation(algorithm, fraction=0.67), 4, test).federation.global_weights
 
     ckpt = Checkpoint(tmp_path / "ckpt.pt", key="run")
@@ -113,7 +114,7 @@ def test_resume_equals_uninterrupted(tmp_path, algorithm):
 
 
 def test_checkpoint_of_another_run_is_ignored(tmp_path):
-    test = tuple(make_clients([30], seed=9)[0].__dict__[k] for k in ("x", "y"))
+    test = make_clients([30], seed=9)[0].images
     train(federation(), 2, test, Checkpoint(tmp_path / "c.pt", key="other params"))
     result = train(federation(), 2, test, Checkpoint(tmp_path / "c.pt", key="these params"))
     assert len(result.curve) == 2

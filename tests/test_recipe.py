@@ -25,7 +25,7 @@ def test_step_budget_takes_exactly_k_steps_across_passes(steps):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 4))
     c = make_clients([10])[0]
     seen = []
-    taken = train_epochs(model, c.x, c.y, SGDParams(batch_size=4), 1, 0, "k", loss_hook=counting_hook(seen),
+    taken = train_epochs(model, c.images, SGDParams(batch_size=4), 1, 0, "k", loss_hook=counting_hook(seen),
                          steps=steps)
     assert taken == steps == len(seen)  # 10 images in batches of 4: 3 steps a pass, so 7 and 9 wrap around
     assert sum(seen) == samples_seen(10, 4, steps)
@@ -43,7 +43,7 @@ def test_training_flushes_subnormals_only_while_it_trains():
         flushed_inside.append(tiny * 1.0 == 0.0)
         return torch.nn.functional.cross_entropy(model(xb), yb)
 
-    train_epochs(model, c.x, c.y, SGDParams(batch_size=4), 1, 0, "k", loss_hook=hook)
+    train_epochs(model, c.images, SGDParams(batch_size=4), 1, 0, "k", loss_hook=hook)
     assert all(flushed_inside)
     assert tiny * 1.0 > 0.0
 
@@ -56,8 +56,8 @@ def test_step_budget_of_one_pass_equals_one_epoch():
     c = make_clients([10])[0]
     a, b = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 4)) for _ in range(2))
     b.load_state_dict(a.state_dict())
-    train_epochs(a, c.x, c.y, SGDParams(batch_size=4), 1, 0, "k")
-    train_epochs(b, c.x, c.y, SGDParams(batch_size=4), 5, 0, "k", steps=3)
+    train_epochs(a, c.images, SGDParams(batch_size=4), 1, 0, "k")
+    train_epochs(b, c.images, SGDParams(batch_size=4), 5, 0, "k", steps=3)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
 
@@ -73,7 +73,7 @@ def test_local_steps_give_every_client_k_steps_whatever_its_size():
 
 def test_train_metrics_count_steps_samples_and_convergence():
     fed = federation(sizes=(40, 24, 56), local_steps=5)
-    test = tuple(torch.cat(t) for t in zip(*[(c.x, c.y) for c in make_clients([30], seed=1)]))
+    test = make_clients([30], seed=1)[0].images
     result = train(fed, 3, test)
     setup = RunSetup(TrainParams(rounds=3, batch_size=16, local_steps=5), [0, 1, 2], 1, 4, 16)
     m = train_metrics(setup, result.curve, 120, 0)
@@ -100,7 +100,7 @@ def test_chance_check_round_is_a_fifth_of_the_rounds():
 def chance_run(caplog, lr, rounds=10):
     fed = federation(sizes=(40, 24, 56))
     fed.runner.p = fed.runner.p.model_copy(update={"lr": lr})
-    test = tuple(torch.cat(t) for t in zip(*[(c.x, c.y) for c in make_clients([200], seed=1)]))
+    test = make_clients([200], seed=1)[0].images
     with caplog.at_level(logging.WARNING, logger="regl.federated.train"):
         curve = train(fed, rounds, test).curve
     return curve, [r.getMessage() for r in caplog.records if "still at chance" in r.getMessage()]

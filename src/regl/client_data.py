@@ -1,4 +1,4 @@
-"""A client's images as tensors: its real shard, plus its synthetic shard where a stage asks for it."""
+"""A client's images: its real shard, plus its synthetic shard where a stage asks for it, as one dataset."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from regl.errors import ReglError
+from regl.imageset import CacheBudget, Images, Part, open_images
 from regl.naming import client_file
-from regl.shards import read_shard
-from regl.tensors import shard_tensors
+from regl.shards import read_labels
 
 
 @dataclass
 class ClientData:
     client: int
-    x: torch.Tensor
-    y: torch.Tensor
+    images: Images  # the real images first, then the synthetic ones
     num_real: int
     num_synthetic: int = 0
 
@@ -43,14 +41,17 @@ def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, syn
 
 
 def load_client(cid: int, clients_dir: Path, synthetic_dir: Path, synthetic: bool, channels: int,
-                only_held_classes: bool = False) -> ClientData:
-    """Real images, then (if ``synthetic``) synthetic ones - all classes, or only those the client holds."""
-    real = read_shard(client_file(clients_dir, cid))
-    x, y = shard_tensors(real, channels)
-    if not synthetic:
-        return ClientData(cid, x, y, len(y))
-    syn = read_shard(client_file(synthetic_dir, cid))
-    if only_held_classes:
-        syn = syn.take(np.flatnonzero(np.isin(syn.labels, np.flatnonzero(real.class_counts()))))
-    xs, ys = shard_tensors(syn, channels)
-    return ClientData(cid, torch.cat([x, xs]), torch.cat([y, ys]), len(y), len(ys))
+                only_held_classes: bool = False, budget: CacheBudget | None = None) -> ClientData:
+    """Real images, then (if ``synthetic``) synthetic ones - all classes, or only those the client holds;
+    decoded into memory while ``budget`` lasts, streamed otherwise (``regl.imageset``)."""
+    real = client_file(clients_dir, cid)
+    parts = [Part(real)]
+    if synthetic:
+        syn = client_file(synthetic_dir, cid)
+        rows = None
+        if only_held_classes:
+            rows = np.flatnonzero(np.isin(read_labels(syn)[0], np.unique(read_labels(real)[0])))
+        parts.append(Part(syn, rows))
+    images = open_images(parts, channels, budget)
+    num_real = int((images.store.src == 0).sum())
+    return ClientData(cid, images, num_real, len(images) - num_real)

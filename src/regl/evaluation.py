@@ -13,34 +13,49 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from regl.compute import ComputeParams, autocast, laid_out
 from regl.errors import ReglError
-from regl.params import parse
+from regl.imageset import Images, batches, in_order
+from regl.params import Device, parse
 
-SCORING_BATCH = 1024
+
+class EvaluateParams(ComputeParams):
+    """Stage evaluate (and generator_quality, which scores with the reference classifier): how the scoring runs."""
+
+    device: Device = "auto"
 
 
-def _batches(fn, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+def _batches(fn, model: nn.Module, data: Images, device, compute: ComputeParams) -> torch.Tensor:
+    """``fn(xb)`` for every batch of ``data`` in order (``compute.scoring_batch`` images each), concatenated as
+    float32 on the CPU; the model in eval mode."""
+    device = torch.device(device)
+    model.eval()
+    out = []
+    with laid_out(model, compute, device) as fmt:
+        for xb, _ in batches(data, in_order(len(data), compute.scoring_batch), device, compute.loader_workers,
+                             compute.prefetch):
+            with autocast(compute, device):
+                out.append(fn(xb.contiguous(memory_format=fmt)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = SCORING_BATCH,
-            device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits for every row of x, in batches, in eval mode."""
-    model.eval()
-    return _batches(model, x, batch_size, device)
+def predict(model: nn.Module, data: Images, device: torch.device | str = "cpu",
+            compute: ComputeParams = ComputeParams()) -> torch.Tensor:
+    """Logits for every image of ``data``, in batches, in eval mode."""
+    return _batches(model, model, data, device, compute)
 
 
 @torch.no_grad()
-def embed(model: nn.Module, x: torch.Tensor, batch_size: int = SCORING_BATCH,
-          device: torch.device | str = "cpu") -> torch.Tensor:
-    """Penultimate features (``model.features``) of every row of x."""
-    model.eval()
-    return _batches(model.features, x, batch_size, device)
+def embed(model: nn.Module, data: Images, device: torch.device | str = "cpu",
+          compute: ComputeParams = ComputeParams()) -> torch.Tensor:
+    """Penultimate features (``model.features``) of every image of ``data``."""
+    return _batches(model.features, model, data, device, compute)
 
 
-def predicted_classes(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu") -> np.ndarray:
-    return predict(model, x, device=device).argmax(1).numpy()
+def predicted_classes(model: nn.Module, data: Images, device: torch.device | str = "cpu",
+                      compute: ComputeParams = ComputeParams()) -> np.ndarray:
+    return predict(model, data, device, compute).argmax(1).numpy()
 
 
 def accuracy(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -50,12 +65,12 @@ def accuracy(actual: np.ndarray, predicted: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Accuracy and mean cross-entropy on (x, y)."""
-    if len(y) == 0:
+def evaluate(model: nn.Module, data: Images, device: torch.device | str = "cpu",
+             compute: ComputeParams = ComputeParams()) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on ``data``."""
+    if len(data) == 0:
         return {"accuracy": float("nan"), "loss": float("nan")}
-    logits = predict(model, x, device=device)
+    logits, y = predict(model, data, device, compute), data.labels
     return {"accuracy": accuracy(y.numpy(), logits.argmax(1).numpy()), "loss": F.cross_entropy(logits, y).item()}
 
 

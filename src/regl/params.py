@@ -64,7 +64,7 @@ class ExperimentParams(BaseModel):
 # Every top-level key of params.yaml: the two shared keys and one section per stage. Anything else is a typo
 # (a misspelled section would otherwise leave its stage on the defaults without a word).
 TOP_LEVEL_KEYS = ("beta", "clients", "threads", "prepare", "partition", "generator", "finetune", "generate",
-                  "reference_classifier", "train", "personalize")
+                  "reference_classifier", "train", "personalize", "evaluate")
 
 T = TypeVar("T", bound=BaseModel)
 S = TypeVar("S", bound="Section")

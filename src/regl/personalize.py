@@ -14,6 +14,7 @@ from torch import nn
 
 from regl.client_data import ClientData
 from regl.evaluation import accuracy, class_accuracy, predicted_classes, rounded
+from regl.imageset import ShardImages
 from regl.params import Device
 from regl.training import SGDParams, train_epochs
 
@@ -34,24 +35,24 @@ class Personalized:
     class_accuracy_after: np.ndarray
 
 
-def _local_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
-    return accuracy(y.numpy(), predicted_classes(model, x, device)) if len(y) else float("nan")
+def _local_accuracy(model: nn.Module, data: ShardImages, device, p: PersonalizeParams) -> float:
+    return accuracy(data.labels.numpy(), predicted_classes(model, data, device, p)) if len(data) else float("nan")
 
 
-def personalize(global_model: nn.Module, data: ClientData, local_test: tuple[torch.Tensor, torch.Tensor],
-                global_test: tuple[torch.Tensor, torch.Tensor], num_classes: int, p: PersonalizeParams,
-                device: torch.device, before_classes: np.ndarray | None = None) -> Personalized:
+def personalize(global_model: nn.Module, data: ClientData, local_test: ShardImages, global_test: ShardImages,
+                num_classes: int, p: PersonalizeParams, device: torch.device,
+                before_classes: np.ndarray | None = None) -> Personalized:
     """Fine-tune a copy of ``global_model`` on ``data`` for ``p.epochs`` epochs (batch order keyed by the
     personalize seed and the client). ``before_classes``: the global model's per-class accuracy, if known."""
     model = copy.deepcopy(global_model).to(device)
-    x_test, y_test = global_test
-    before = _local_accuracy(model, *local_test, device)
+    y_test = global_test.labels.numpy()
+    before = _local_accuracy(model, local_test, device, p)
     if before_classes is None:
-        before_classes = class_accuracy(y_test.numpy(), predicted_classes(model, x_test, device), num_classes)
+        before_classes = class_accuracy(y_test, predicted_classes(model, global_test, device, p), num_classes)
     if p.epochs:
-        train_epochs(model, data.x, data.y, p, p.epochs, p.seed, "personalize", data.client, device=device)
-    after_classes = class_accuracy(y_test.numpy(), predicted_classes(model, x_test, device), num_classes)
-    return Personalized(model, before, _local_accuracy(model, *local_test, device), before_classes, after_classes)
+        train_epochs(model, data.images, p, p.epochs, p.seed, "personalize", data.client, device=device)
+    after_classes = class_accuracy(y_test, predicted_classes(model, global_test, device, p), num_classes)
+    return Personalized(model, before, _local_accuracy(model, local_test, device, p), before_classes, after_classes)
 
 
 def client_metrics(data: ClientData, local_test_size: int, result: Personalized, class_names: list[str]) -> dict:
@@ -60,7 +61,7 @@ def client_metrics(data: ClientData, local_test_size: int, result: Personalized,
         "real": data.num_real,
         "synthetic": data.num_synthetic,
         "local_test": local_test_size,
-        "classes_held": [class_names[k] for k in np.unique(data.y[: data.num_real].numpy())],
+        "classes_held": [class_names[k] for k in np.unique(data.images.labels[: data.num_real].numpy())],
         "accuracy_before": rounded(result.accuracy_before),
         "accuracy_after": rounded(result.accuracy_after),
         "class_accuracy_before": {n: rounded(v) for n, v in zip(class_names, result.class_accuracy_before)},

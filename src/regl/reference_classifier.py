@@ -14,10 +14,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from regl.imageset import ShardImages
 from regl.modelio import load_model, save_model
 from regl.models import build_model
-from regl.shards import Shard
-from regl.tensors import shard_tensors
 from regl.training import SGDParams, train_epochs
 
 
@@ -29,14 +28,15 @@ class ReferenceClassifierParams(SGDParams):
     seed: int = Field(0, ge=0)
 
 
-def train_reference(train: Shard, p: ReferenceClassifierParams) -> tuple[nn.Module, dict]:
-    x, y = shard_tensors(train)
-    config = {"name": p.model, "channels": int(x.shape[1]), "num_classes": len(train.class_names),
-              "image_size": int(x.shape[2]), "class_names": list(train.class_names)}
+def train_reference(train: ShardImages, p: ReferenceClassifierParams,
+                    device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    size, _, channels = train.shape
+    config = {"name": p.model, "channels": channels, "num_classes": len(train.class_names),
+              "image_size": size, "class_names": list(train.class_names)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(p.seed)
         model = build_model(p.model, config["channels"], config["num_classes"], config["image_size"])
-    train_epochs(model, x, y, p, p.epochs, p.seed, "reference_classifier")
+    train_epochs(model.to(device), train, p, p.epochs, p.seed, "reference_classifier", device=device)
     model.eval()
     return model, config
 

@@ -8,9 +8,12 @@ import torch
 from regl.shards import Shard
 
 
-def to_float(pixels: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1] (the diffusion models' range too)."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+def to_float(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1] (the diffusion models' range too), on the
+    pixels' device."""
+    if not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+    x = pixels.permute(0, 3, 1, 2).float()
     return x.div_(127.5).sub_(1.0)
 
 

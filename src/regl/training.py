@@ -14,20 +14,24 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from regl.params import Section
+from regl.augment import Augment, augment
+from regl.compute import ComputeParams, amp_dtype, autocast, laid_out
+from regl.imageset import Images, batches
 from regl.seeding import derive_seed
 
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]
 
 
-class SGDParams(Section):
-    """The SGD fields of every section that trains a classifier (train, personalize, reference_classifier)."""
+class SGDParams(ComputeParams):
+    """The SGD fields of every section that trains a classifier (train, personalize, reference_classifier), with
+    how it runs (``ComputeParams``) and the training batches' augmentation."""
 
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
+    augment: Augment = "none"
 
 
 def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch.Tensor]:
@@ -36,36 +40,44 @@ def batch_order(n: int, batch_size: int, seed: int, *keys: object) -> list[torch
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
 
-def train_epochs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sgd: SGDParams, epochs: int, seed: int,
-                 *keys: object, loss_hook: LossHook | None = None, after_step: StepHook | None = None,
+def train_epochs(model: nn.Module, data: Images, sgd: SGDParams, epochs: int, seed: int, *keys: object,
+                 loss_hook: LossHook | None = None, after_step: StepHook | None = None,
                  device: torch.device | str = "cpu", before_step: StepHook | None = None,
                  steps: int | None = None) -> int:
-    """SGD over (x, y) for ``epochs``, or, given ``steps``, for exactly that many optimizer steps (as many passes
-    over the data as it takes, the last one cut short; ``epochs`` is then unused); returns the number of
+    """SGD over ``data`` for ``epochs``, or, given ``steps``, for exactly that many optimizer steps (as many
+    passes over the data as it takes, the last one cut short; ``epochs`` is then unused); returns the number of
     optimizer steps taken.
 
     ``loss_hook(model, xb, yb)`` runs the forward pass and returns the loss (default: cross-entropy of
     ``model(xb)``); ``before_step(model)`` runs between the backward pass and the optimizer step (it may change
     the gradients: SCAFFOLD's correction), ``after_step(model)`` after every optimizer step. Batches are
-    shuffled by (seed, keys, epoch), so the first steps of a step budget are the first steps of the epochs.
+    shuffled by (seed, keys, epoch) and augmented by (seed, keys, epoch, batch), so the first steps of a step
+    budget are the first steps of the epochs. Precision, memory layout and loader workers come from ``sgd``.
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    opt = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
+    device = torch.device(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(sgd, device) == torch.float16)
     model.train()
     taken, epoch = 0, 0
-    with subnormals_flushed():
+    with subnormals_flushed(), laid_out(model, sgd, device) as fmt:
+        opt = torch.optim.SGD(model.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay)
         while (taken < steps) if steps is not None else (epoch < epochs):
-            for idx in batch_order(len(y), sgd.batch_size, seed, *keys, "epoch", epoch):
-                if steps is not None and taken >= steps:
-                    break
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
+            order = batch_order(len(data), sgd.batch_size, seed, *keys, "epoch", epoch)
+            if steps is not None:
+                order = order[: steps - taken]
+            for b, (xb, yb) in enumerate(batches(data, order, device, sgd.loader_workers, sgd.prefetch)):
+                xb = augment(xb, sgd.augment, seed, *keys, "epoch", epoch, "batch", b)
+                xb = xb.contiguous(memory_format=fmt)
+                with autocast(sgd, device):
+                    loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)  # the hooks see true gradients (no-op unless fp16)
                 if before_step is not None:
                     before_step(model)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 if after_step is not None:
                     after_step(model)
                 taken += 1

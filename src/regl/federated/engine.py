@@ -42,13 +42,13 @@ def local_update(model: nn.Module, algorithm: Algorithm, data: ClientData, globa
     ctx = LocalContext(data.client, global_weights, broadcast, state, p.lr, p.momentum, parameter_mask(model))
     algorithm.begin_local(ctx, model)
     steps = train_epochs(
-        model, data.x, data.y, p, p.local_epochs, p.seed, "client", data.client, "round", round_index,
+        model, data.images, p, p.local_epochs, p.seed, "client", data.client, "round", round_index,
         loss_hook=lambda m, xb, yb: algorithm.loss(ctx, m, xb, yb),
         after_step=lambda m: algorithm.after_step(ctx, m),
         device=device, steps=p.local_steps,
         before_step=lambda m: algorithm.before_step(ctx, m),
     )
-    result = algorithm.client_result(ctx, get_weights(model), len(data.y), steps)
+    result = algorithm.client_result(ctx, get_weights(model), len(data.images), steps)
     result.num_real = data.num_real  # for train.weighting: real
     return result
 

@@ -32,6 +32,7 @@ from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup
 from regl.federated.train_params import FlowerParams
 from regl.federated.weights import Weights
+from regl.imageset import CacheBudget
 
 INSTALL = "pip install 'regl[flower]'"
 try:
@@ -186,7 +187,8 @@ def _client(msg: Message, context: Context) -> tuple[RunSetup, ClientData]:
     synthetic_dir = Path(str(node.get("synthetic-dir", config["synthetic-dir"])))
     key = (cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels)
     if key not in _DATA:
-        _DATA[key] = load_client(cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels)
+        _DATA[key] = load_client(cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels,
+                                 budget=CacheBudget(setup.params.cache_mb))
     return setup, _DATA[key]
 
 

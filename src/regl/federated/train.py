@@ -18,12 +18,14 @@ from torch import nn
 from tqdm import tqdm
 
 from regl.checkpoint import Checkpoint
+from regl.compute import ComputeParams
 from regl.errors import ReglError
 from regl.evaluation import evaluate
 from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, Federation
 from regl.federated.registry import projection_dim
 from regl.federated.train_params import TrainParams
+from regl.imageset import Images
 from regl.models import build_model
 from regl.seeding import derive_seed
 from regl.training import samples_seen
@@ -105,9 +107,10 @@ class RunResult:
     curve: list[dict]
 
 
-def train(fed: Federation, rounds: int, test: tuple[torch.Tensor, torch.Tensor],
-          checkpoint: Checkpoint | None = None) -> RunResult:
-    """Run rounds until ``rounds``, resuming from ``checkpoint`` when it holds this run's state."""
+def train(fed: Federation, rounds: int, test: Images, checkpoint: Checkpoint | None = None,
+          compute: ComputeParams = ComputeParams()) -> RunResult:
+    """Run rounds until ``rounds``, resuming from ``checkpoint`` when it holds this run's state; the global model
+    is scored on ``test`` after each round (as ``compute`` says)."""
     curve: list[dict] = []
     saved = checkpoint.load() if checkpoint else None
     if saved is not None:
@@ -115,11 +118,11 @@ def train(fed: Federation, rounds: int, test: tuple[torch.Tensor, torch.Tensor],
         curve = saved["curve"]
         log.info("resuming from round %d of %d (%s)", fed.round, rounds, checkpoint.path)
     bar = tqdm(total=rounds, initial=fed.round, desc=f"{fed.algorithm.name}", unit="round")
-    chance = chance_level(test[1])
+    chance = chance_level(test.labels)
     while fed.round < rounds:
         start = time.perf_counter()
         selected = fed.run_round()
-        metrics = evaluate(fed.model, *test, device=fed.device)
+        metrics = evaluate(fed.model, test, fed.device, compute)
         curve.append({"round": fed.round, "accuracy": round(metrics["accuracy"], 6),
                       "loss": round(metrics["loss"], 6), "clients": len(selected),
                       "work": [list(w) for w in fed.last_work]})

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from regl.compute import ComputeParams
 from regl.evaluation import accuracy, class_accuracy, embed, predicted_classes
-from regl.shards import Shard
-from regl.tensors import shard_tensors
+from regl.imageset import ShardImages
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:
@@ -27,29 +27,26 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(mu @ mu + np.trace(ca) + np.trace(cb) - 2 * cross)
 
 
-def of_classes(shard: Shard, classes: np.ndarray) -> Shard:
-    return shard.take(np.flatnonzero(np.isin(shard.labels, classes)))
-
-
 @torch.no_grad()
-def client_quality(model: torch.nn.Module, real: Shard, adapted: Shard,
-                   vanilla: Shard) -> tuple[dict, np.ndarray]:
+def client_quality(model: torch.nn.Module, real: ShardImages, adapted: ShardImages, vanilla: ShardImages,
+                   device: torch.device | str = "cpu",
+                   compute: ComputeParams = ComputeParams()) -> tuple[dict, np.ndarray]:
     """Classifiability of the adapted images (all classes, and the client's own), and vanilla-vs-adapted
     Fréchet distance to the client's real images, measured on the classes the client holds; and the adapted
     images' accuracy per class, from the same predictions."""
     own = np.flatnonzero(real.class_counts() > 0)
-    x, y = shard_tensors(adapted)
-    actual, predicted = y.numpy(), predicted_classes(model, x)
-    own_rows = np.isin(adapted.labels, own)
-    van = of_classes(vanilla, own)
-    vx, vy = shard_tensors(van)
-    real_f = embed(model, shard_tensors(real)[0]).numpy()
-    fd_vanilla = frechet_distance(real_f, embed(model, vx).numpy())
-    fd_adapted = frechet_distance(real_f, embed(model, x[torch.from_numpy(own_rows)]).numpy())
+    actual, predicted = adapted.labels.numpy(), predicted_classes(model, adapted, device, compute)
+    own_rows = np.isin(actual, own)
+    van = vanilla.of_classes(own)
+    real_f = embed(model, real, device, compute).numpy()
+    fd_vanilla = frechet_distance(real_f, embed(model, van, device, compute).numpy())
+    fd_adapted = frechet_distance(real_f, embed(model, adapted.subset(np.flatnonzero(own_rows)), device,
+                                                compute).numpy())
     return {
         "classifiability": round(accuracy(actual, predicted), 4),
         "classifiability_own_classes": round(accuracy(actual[own_rows], predicted[own_rows]), 4),
-        "classifiability_own_classes_vanilla": round(accuracy(vy.numpy(), predicted_classes(model, vx)), 4),
+        "classifiability_own_classes_vanilla": round(
+            accuracy(van.labels.numpy(), predicted_classes(model, van, device, compute)), 4),
         "frechet_vanilla": round(fd_vanilla, 3),
         "frechet_adapted": round(fd_adapted, 3),
         "adapted_closer": bool(fd_adapted < fd_vanilla),
