@@ -22,8 +22,9 @@ from regl.federated.train_params import ALGORITHMS
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
+# threads 1: the local engine (and the simulation's server) at the one thread Ray gives each client actor
 TWO_CLIENTS = {"clients": [0, 1], "train.rounds": 2, "prepare.image_size": 16, "train.synthetic": False,
-               "train.flower.client_cpus": 1}
+               "train.flower.client_cpus": 1, "threads": 1}
 
 
 @pytest.fixture(scope="module", autouse=True)
