@@ -67,7 +67,7 @@ def render(all_cells, beta: float) -> str:
     if recovered[0]:
         parts += ["Label skew recovered, on the means over seeds",
                   "\n".join(r for r in recovered if r)]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
