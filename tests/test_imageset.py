@@ -147,15 +147,24 @@ def test_augmentation_is_seeded_by_its_keys(how):
         assert all(torch.equal(a[i], x[i]) or torch.equal(a[i], x[i].flip(-1)) for i in range(len(x)))
 
 
+def trained_cnn(data, **sgd) -> torch.nn.Module:
+    """The test cnn from a fixed init, one epoch over ``data`` with these SGD params."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 3, 4, 8)
+    train_epochs(model, data, SGDParams(batch_size=32, **sgd), 1, 0, "k")
+    return model
+
+
+def flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
 def test_augmented_training_is_deterministic_and_differs_from_plain(shards):
     real, syn, _, _ = shards
     data = open_images([real, syn])
 
     def trained(**kw):
-        torch.manual_seed(0)
-        model = build_model("cnn", 3, 4, 8)
-        train_epochs(model, data, SGDParams(batch_size=32, **kw), 1, 0, "k")
-        return torch.cat([p.detach().flatten() for p in model.parameters()])
+        return flat(trained_cnn(data, **kw))
 
     plain, flipped = trained(), trained(augment="crop_flip")
     assert torch.equal(flipped, trained(augment="crop_flip")) and not torch.equal(plain, flipped)
@@ -179,15 +188,8 @@ def test_the_scoring_batch_param_sets_the_forward_batch(shards):
 def test_bf16_and_channels_last_run_the_same_loop_on_cpu(shards):
     real, syn, _, _ = shards
     data = open_images([real, syn])
-
-    def trained(**kw):
-        torch.manual_seed(0)
-        model = build_model("cnn", 3, 4, 8)
-        train_epochs(model, data, SGDParams(batch_size=32, **kw), 1, 0, "k")
-        return model
-
-    fp32, bf16, last = trained(), trained(precision="bf16"), trained(channels_last=True)
-    a, b, c = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in (fp32, bf16, last))
+    fp32, bf16, last = (trained_cnn(data, **kw) for kw in ({}, {"precision": "bf16"}, {"channels_last": True}))
+    a, b, c = (flat(m) for m in (fp32, bf16, last))
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)  # autocast ran, and it still trains alike
     assert torch.allclose(a, c, atol=1e-5)
     assert all(p.is_contiguous() for p in last.parameters())  # weights leave in the usual layout
