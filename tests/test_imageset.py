@@ -97,6 +97,40 @@ def test_a_streamed_dataset_decodes_only_the_batches_it_serves(shards):
     assert served == len(data)
 
 
+def test_opening_a_streamed_dataset_holds_one_row_group_of_bytes_not_the_shard(tmp_path, monkeypatch):
+    """Opening copies the PNG bytes to the spill file a row group at a time: the Arrow memory alive while it does
+    stays near one row group, not the shard (pyarrow's iter_batches pre-buffers the whole file; issue 12's
+    memory bench saw evaluate grow with its test set because of it)."""
+    import gc
+
+    import pyarrow as pa
+
+    import regl.imageset
+
+    monkeypatch.setattr(regl.shards, "ROW_GROUP_BYTES", 64 << 10)
+    path = tmp_path / "noise.parquet"
+    write_images(path, 300, size=48)  # noise does not compress: about 7 KiB a PNG, 2 MiB in all, ~32 row groups
+    groups = pa.parquet.ParquetFile(path).num_row_groups
+    assert groups >= 20
+    alive, write = [], regl.imageset._Spill.write
+
+    def watched(self, positions, blobs):
+        alive.append(pa.total_allocated_bytes())
+        return write(self, positions, blobs)
+
+    monkeypatch.setattr(regl.imageset._Spill, "write", watched)
+    gc.collect()
+    gc.disable()  # no other test's garbage freed (or made) inside the window
+    try:
+        before = pa.total_allocated_bytes()
+        data = open_images([path], budget=CacheBudget(0))
+    finally:
+        gc.enable()
+    assert not data.in_memory
+    # the old reader held the whole file, twice over (4 MiB here); one row group is 64 KiB
+    assert max(alive) - before < path.stat().st_size / 4, (max(alive) - before, path.stat().st_size)
+
+
 def test_the_cache_budget_is_shared_and_explicit(shards):
     real, syn, _, _ = shards
     budget = CacheBudget(150 * 8 * 8 * 3 / 2**20)  # exactly the real shard's decoded pixels

@@ -27,7 +27,7 @@ class ComputeParams(Section):
     loader_workers: int = Field(0, ge=0, le=64)  # processes decoding batches; 0 = the stage's own process
     prefetch: int = Field(2, ge=1, le=64)  # batches each worker decodes ahead
     # decoded uint8 pixels a stage keeps in memory, over all its datasets (MiB); the rest is decoded per batch
-    cache_mb: int = Field(512, ge=0, le=2**20)
+    cache_mb: int = Field(64, ge=0, le=2**20)
     scoring_batch: int = Field(256, ge=1, le=65536)  # images per forward pass when scoring (no gradients)
 
 

@@ -9,9 +9,9 @@ Where the pixels live is the one choice, made when a dataset is opened and bound
 
 * **in memory**: the decoded uint8 pixels, when they fit in what is left of the stage's ``CacheBudget``
   (``cache_mb``); the embedded default's 12,000 images at 32 px take 12 MB;
-* **streamed**: otherwise. Opening copies the images' PNG bytes, one row group at a time, into a temporary
-  spill file and keeps only where each one is (two int64s an image); a batch reads its rows back with
-  ``os.pread`` (the page cache, not this process, holds the file) and decodes them. Memory is then one batch of
+* **streamed**: otherwise. Opening copies the images' PNG bytes, one row group at a time
+  (``shards.iter_rows``), into a temporary spill file and keeps only where each one is (two int64s an image); a
+  batch reads its rows back with ``os.pread`` (the page cache, not this process, holds the file) and decodes them. Memory is then one batch of
   decoded images per loader worker (times the prefetch), whatever the number of images.
 
 Both give the same pixels for the same rows, so a run gives the same bytes whichever path its data takes.
@@ -26,18 +26,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from regl.errors import ReglError
 from regl.images import DECODE_ERRORS, decode_png, undecodable
-from regl.shards import read_class_names, read_labels
+from regl.shards import iter_rows, read_class_names, read_labels
 from regl.tensors import to_float
-
-READ_ROWS = 256  # rows read from a shard at a time while opening it
-
 
 class CacheBudget:
     """How many bytes of decoded uint8 pixels a stage may keep in memory, over all the datasets it opens."""
@@ -122,7 +117,7 @@ class _Store:
         if not n:
             self.pixels = np.zeros((0, *self.shape), dtype=np.uint8)
             return
-        first = self._decode([_first_blob(self.files[0], int(self.rows[0]))], np.zeros(1, np.int64))[0]
+        first = self._decode(next(iter_rows(self.files[0], self.rows[:1])).images, np.zeros(1, np.int64))[0]
         self.decoded_rows = 0
         if budget.take(n * first.nbytes):
             self.pixels = np.empty((n, *self.shape), dtype=np.uint8)
@@ -135,18 +130,15 @@ class _Store:
             self.spill.close()
 
     def _read_all(self) -> Iterator[tuple[np.ndarray, list[bytes]]]:
-        """(positions, their PNG bytes) for every row: each shard read front to back, READ_ROWS rows at a time
-        (buffered, so not even a whole row group's bytes are held at once)."""
+        """(positions, their PNG bytes) for every row: each shard read front to back a row group at a time
+        (:func:`regl.shards.iter_rows`), so memory holds one row group's bytes, not the shard's."""
         for k, path in enumerate(self.files):
             positions = np.flatnonzero(self.src == k)
-            by_row = np.argsort(self.rows[positions], kind="stable")
-            rows, positions = self.rows[positions][by_row], positions[by_row]
-            seen = 0
-            for batch in _open(path).iter_batches(batch_size=READ_ROWS, columns=["image"]):
-                lo, hi = np.searchsorted(rows, [seen, seen + batch.num_rows])
-                if hi > lo:
-                    yield positions[lo:hi], _image_column(pa.Table.from_batches([batch]), rows[lo:hi] - seen)
-                seen += batch.num_rows
+            rows = self.rows[positions]
+            for piece in iter_rows(path, np.unique(rows)):
+                here = np.flatnonzero((rows >= piece.rows[0]) & (rows <= piece.rows[-1]))
+                at = np.searchsorted(piece.rows, rows[here])
+                yield positions[here], [piece.images[j] for j in at]
 
     def _decode(self, blobs: Sequence[bytes], positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(blobs), *self.shape), dtype=np.uint8)
@@ -174,44 +166,8 @@ class _Store:
         """Image ``i`` for an error message: ``data/clients/client_0.parquet: row 12 (id fashion-mnist/train/5)``
         (the id is read only when a message needs it)."""
         path, row = self.files[int(self.src[i])], int(self.rows[i])
-        f = _open(path)
-        named = ""
-        if "id" in f.schema_arrow.names:
-            g = int(np.searchsorted(_bounds(f), row, side="right") - 1)
-            ids = f.read_row_group(g, columns=["id"]).column("id")
-            value = ids[row - int(_bounds(f)[g])].as_py()
-            named = f" (id {value})" if value is not None else ""
-        return f"{path}: row {row}{named}"
-
-
-def _open(path: str) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path, buffer_size=2**20)
-    except (pa.ArrowException, OSError) as exc:
-        raise ReglError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); re-run the stage "
-                        f"that writes it (dvc repro)") from None
-
-
-def _bounds(f: pq.ParquetFile) -> np.ndarray:
-    """The first row of each row group, and the row count last."""
-    return np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
-
-
-def _image_column(table: pa.Table, index: np.ndarray) -> list[bytes]:
-    col = table.column("image").combine_chunks()
-    if pa.types.is_struct(col.type):
-        col = col.field("bytes")
-    return col.take(pa.array(index)).to_pylist()
-
-
-def _first_blob(path: str, row: int) -> bytes:
-    """The PNG bytes of one row, reading the shard from the start up to it."""
-    seen = 0
-    for batch in _open(path).iter_batches(batch_size=READ_ROWS, columns=["image"]):
-        if row < seen + batch.num_rows:
-            return _image_column(pa.Table.from_batches([batch]), np.array([row - seen]))[0]
-        seen += batch.num_rows
-    raise IndexError(row)
+        value = next(iter_rows(path, [row])).columns.get("id", [None])[0]
+        return f"{path}: row {row}" + (f" (id {value})" if value is not None else "")
 
 
 class ShardImages(Dataset):

@@ -28,10 +28,11 @@ from regl.errors import ReglError
 from regl.images import decode_many
 
 # A row group closes at ROW_GROUP_SIZE rows or once its images hold ROW_GROUP_BYTES, whichever comes first: 4096
-# of the embedded default's 32 px PNGs take 3 MB, while 4096 photos at 224 px would take 400 MB. The rule
+# of the embedded default's 32 px PNGs take 3 MB, while 4096 photos at 224 px would take 400 MB. Reading a row
+# group takes about twice its bytes, so the byte cap is what bounds a reader's memory at scale. The rule
 # depends only on the rows, so the same rows give the same row groups however they are handed to the writer.
 ROW_GROUP_SIZE = 4096
-ROW_GROUP_BYTES = 64 << 20
+ROW_GROUP_BYTES = 8 << 20
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
