@@ -66,10 +66,11 @@ def main() -> None:
     ap.add_argument("--tag", default="cpu")
     args = ap.parse_args()
     half = max(1, args.cores // 2)
-    results = [batch(1, args.cores, args.rounds, args.runs), batch(2, half, args.rounds, args.runs),
-               batch(2, args.cores, args.rounds, args.runs)]
-    for r in results:
-        r["ratio_to_one_by_one"] = round(r["batch_s"] / results[0]["batch_s"], 2)
+    results = []
+    for workers, threads in ((1, args.cores), (2, half), (2, args.cores)):  # printed as each batch ends
+        r = batch(workers, threads, args.rounds, args.runs)
+        r["ratio_to_one_by_one"] = round(r["batch_s"] / results[0]["batch_s"], 2) if results else 1.0
+        results.append(r)
         print(f"-j {r['workers']}, threads {r['threads']}: batch of {args.runs} in {r['batch_s']} s "
               f"({r['ratio_to_one_by_one']}x one by one)", flush=True)
     out = {"machine": f"{platform.machine()}, {args.cores} cores", "rounds": args.rounds, "runs": args.runs,
