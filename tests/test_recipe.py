@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_federated import federation, make_clients
 
+from regl.errors import ReglError
 from regl.federated.train import RunSetup, chance_check_round, converged, train, train_metrics
 from regl.federated.train_params import TrainParams
 from regl.training import SGDParams, samples_seen, train_epochs
@@ -110,6 +111,15 @@ def test_warns_once_when_the_model_is_still_at_chance(caplog):
     curve, warnings = chance_run(caplog, lr=1e-7)  # too small to move the model
     assert curve[1]["accuracy"] < 0.4  # 4 classes, chance ~0.27
     assert len(warnings) == 1 and "after round 2 of 10" in warnings[0] and "train.lr" in warnings[0]
+
+
+def test_a_run_whose_loss_turns_nan_stops_with_a_message_naming_the_lr():
+    # SCAFFOLD at the shared lr diverged in the grid (loss NaN by round 18) and still finished at chance.
+    fed = federation(sizes=(40, 24, 56))
+    fed.runner.p = fed.runner.p.model_copy(update={"lr": 1e12})
+    test = make_clients([200], seed=1)[0].images
+    with pytest.raises(ReglError, match=r"round \d+: the global model's test loss is nan: .*lower train.lr"):
+        train(fed, 10, test)
 
 
 def test_no_warning_when_the_model_learns(caplog):

@@ -101,6 +101,16 @@ def chance_warning(round_index: int, rounds: int, accuracy: float, chance: float
             f"train.rounds (docs/algorithms.md, 'The default recipe')")
 
 
+def divergence_error(round_index: int, algorithm: str, loss: float) -> ReglError | None:
+    """The error a run stops with once the global model's test loss is NaN or infinite: every round after it
+    would report chance accuracy from a broken model, and a table cell made of it would read as a result."""
+    if math.isfinite(loss):
+        return None
+    return ReglError(f"round {round_index}: the global model's test loss is {loss}: {algorithm} diverged with this "
+                     f"recipe; lower train.lr (SCAFFOLD, FedNova and MOON need a smaller one than FedAvg under "
+                     f"strong skew: docs/experiments.md, 'Baselines benchmark')")
+
+
 @dataclass
 class RunResult:
     federation: Federation
@@ -123,6 +133,9 @@ def train(fed: Federation, rounds: int, test: Images, checkpoint: Checkpoint | N
         start = time.perf_counter()
         selected = fed.run_round()
         metrics = evaluate(fed.model, test, fed.device, compute)
+        error = divergence_error(fed.round, fed.algorithm.name, metrics["loss"])
+        if error:
+            raise error
         curve.append({"round": fed.round, "accuracy": round(metrics["accuracy"], 6),
                       "loss": round(metrics["loss"], 6), "clients": len(selected),
                       "work": [list(w) for w in fed.last_work]})
