@@ -1,8 +1,8 @@
 """generate.oracle: the ablation's ceiling, each client's synthetic shard filled with public-pool images."""
 
 import pytest
-
 from conftest import set_params, stage
+
 from regl.errors import ReglError
 from regl.generator.oracle import write_oracle
 from regl.generator.sample import GenerateParams

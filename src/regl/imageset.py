@@ -11,8 +11,9 @@ Where the pixels live is the one choice, made when a dataset is opened and bound
   (``cache_mb``); the embedded default's 12,000 images at 32 px take 12 MB;
 * **streamed**: otherwise. Opening copies the images' PNG bytes, one row group at a time
   (``shards.iter_rows``), into a temporary spill file and keeps only where each one is (two int64s an image); a
-  batch reads its rows back with ``os.pread`` (the page cache, not this process, holds the file) and decodes them. Memory is then one batch of
-  decoded images per loader worker (times the prefetch), whatever the number of images.
+  batch reads its rows back with ``os.pread`` (the page cache, not this process, holds the file) and decodes
+  them. Memory is then one batch of decoded images per loader worker (times the prefetch), whatever the number
+  of images.
 
 Both give the same pixels for the same rows, so a run gives the same bytes whichever path its data takes.
 """
@@ -33,6 +34,7 @@ from regl.errors import ReglError
 from regl.images import DECODE_ERRORS, decode_png, undecodable
 from regl.shards import iter_rows, read_class_names, read_labels
 from regl.tensors import to_float
+
 
 class CacheBudget:
     """How many bytes of decoded uint8 pixels a stage may keep in memory, over all the datasets it opens."""

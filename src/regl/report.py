@@ -255,7 +255,8 @@ def skew_recovery(all_cells: list[Cell], beta: float, metric: str = "final") -> 
         if {"FedAvg", "ReGL", "IID"} <= set(at):
             fedavg, regl, iid = (statistics.fmean(at[k].values(metric)) for k in ("FedAvg", "ReGL", "IID"))
             share = (regl - fedavg) / (iid - fedavg) if iid != fedavg else float("nan")
-            out.append(f"{METRIC_TITLES[metric]}, β = {beta:g}, E = {e}: ReGL recovers {100 * share:.0f} % of what skew costs FedAvg "
+            out.append(f"{METRIC_TITLES[metric]}, β = {beta:g}, E = {e}: ReGL recovers {100 * share:.0f} % of "
+                       "what skew costs FedAvg "
                        f"((ReGL − FedAvg) / (IID − FedAvg) = ({100 * regl:.1f} − {100 * fedavg:.1f}) / "
                        f"({100 * iid:.1f} − {100 * fedavg:.1f})); ReGL is {100 * (iid - regl):.1f} points "
                        f"under the IID reference")
