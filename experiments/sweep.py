@@ -13,7 +13,12 @@ stages rerun per seed; DVC takes every other stage from its cache.
 Every run names every key a grid varies, so nothing leaks from the run before (`dvc exp run` leaves its params in
 the workspace). Each run gets `threads = cores // workers`: N experiments side by side, each at full thread count,
 spin-wait on shared cores. A run whose name exists already is skipped, so a sweep cut short resumes. With
-`--export FILE`, `dvc exp show --json` is written to FILE after every finished run (commit it as you go).
+`--export FILE`, `dvc exp show --json` is written to FILE after every finished run (commit it as you go). A run
+that fails (a diverged run stops with an error) is reported and the sweep goes on; it exits 1 at the end.
+
+`--set KEY=VALUE` changes one of the keys above for every cell, e.g. a per-method learning rate:
+
+    python experiments/sweep.py table1 --cells moon-b0.01-e2 --set train.lr=0.02   # runs moon-b0.01-e2-lr0.02-s0..
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ DEFAULTS = {
     "train.synthetic": "true",
     "personalize.synthetic": "true",
     "train.local_epochs": "2",
+    "train.lr": "0.05",
     "train.weighting": "real",
     "generate.lora_scale": "0.8",
     "generate.images_per_class": "40",
@@ -87,6 +93,17 @@ def grid(name: str) -> dict[str, dict[str, str]]:
                      "ablations")
 
 
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` items; only the keys every run names, so that none leaks into the runs after."""
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEFAULTS:
+            raise SystemExit(f"error: --set {item!r}: want KEY=VALUE with KEY one of {', '.join(DEFAULTS)}")
+        extra[key] = value
+    return extra
+
+
 def existing_names() -> set[str]:
     out = subprocess.run(["dvc", "exp", "ls", "--name-only"], capture_output=True, text=True, check=True).stdout
     return {line.strip() for line in out.splitlines() if line.strip() and not line.endswith(":")}
@@ -110,8 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stages", nargs="*", help="run only these stages, without checking upstream ones "
                     "(dvc exp run -s): for when the generator stages are cached as they are")
     ap.add_argument("--export", type=Path, help="write `dvc exp show --json` here after every run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override for every cell; KEY one of {', '.join(DEFAULTS)}")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
+    extra = parse_sets(args.set)
+    suffix = "".join(f"-{key.rsplit('.', 1)[-1].replace('_', '')}{value}" for key, value in extra.items())
 
     cells = grid(args.grid)
     unknown = set(args.cells or []) - set(cells)
@@ -119,15 +140,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no cell {sorted(unknown)} in grid {args.grid}; cells: {', '.join(cells)}")
     threads = max(1, args.cores // args.workers)
     done = set() if args.dry_run else existing_names()
+    failed: list[str] = []
     for seed in args.seeds:  # seeds outermost: every cell has one run before any has three
         for cell, overrides in cells.items():
             if args.cells and cell not in args.cells:
                 continue
-            name = f"{cell}-s{seed}"
+            name = f"{cell}{suffix}-s{seed}"
             if name in done:
                 print(f"skip {name}: ran already", flush=True)
                 continue
-            values = {**DEFAULTS, **overrides, "train.seed": str(seed), "personalize.seed": str(seed),
+            values = {**DEFAULTS, **overrides, **extra, "train.seed": str(seed), "personalize.seed": str(seed),
                       "threads": str(threads)}
             cmd = ["dvc", "exp", "run", "-n", name] + (["--queue"] if args.queue else [])
             cmd += [arg for key, value in values.items() for arg in ("-S", f"{key}={value}")]
@@ -136,11 +158,15 @@ def main(argv: list[str] | None = None) -> None:
             print(" ".join(cmd), flush=True)
             if args.dry_run:
                 continue
-            subprocess.run(cmd, check=True)
+            if subprocess.run(cmd).returncode != 0:
+                failed.append(name)
+                print(f"run {name} failed (its error is above); going on with the next", flush=True)
             if args.export and not args.queue:
                 export(args.export)
     if args.queue and not args.dry_run:
         print(f"queued; start with: dvc queue start -j {args.workers}; then: regl report", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""experiments/sweep.py: a failed run does not end the sweep, and --set overrides every cell without leaking."""
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "experiments" / "sweep.py")
+sweep = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(sweep)
+
+
+@pytest.fixture
+def dvc_calls(monkeypatch):
+    """Every `dvc exp run` the sweep makes, as {name: {key: value}}; runs named in ``fail`` exit 1."""
+    calls, fail = {}, set()
+
+    def run(cmd, *args, **kwargs):
+        name = cmd[cmd.index("-n") + 1]
+        calls[name] = dict(cmd[i + 1].split("=", 1) for i, a in enumerate(cmd) if a == "-S")
+        if name in fail and kwargs.get("check"):
+            raise subprocess.CalledProcessError(1, cmd)
+        return subprocess.CompletedProcess(cmd, 1 if name in fail else 0)
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    monkeypatch.setattr(sweep, "existing_names", lambda: set())
+    return calls, fail
+
+
+def test_a_failed_run_is_reported_and_the_sweep_goes_on(dvc_calls):
+    calls, fail = dvc_calls
+    fail.add("scaffold-b0.01-e2-s0")
+    with pytest.raises(SystemExit, match=r"1 run\(s\) failed: scaffold-b0.01-e2-s0"):
+        sweep.main(["table1", "--cells", "scaffold-b0.01-e2", "moon-b0.01-e2", "--seeds", "0", "1"])
+    assert list(calls) == ["scaffold-b0.01-e2-s0", "moon-b0.01-e2-s0", "scaffold-b0.01-e2-s1", "moon-b0.01-e2-s1"]
+
+
+def test_set_overrides_every_cell_and_names_the_runs_after_it(dvc_calls):
+    calls, _ = dvc_calls
+    sweep.main(["table1", "--cells", "moon-b0.01-e2", "--seeds", "0", "--set", "train.lr=0.02"])
+    sweep.main(["table1", "--cells", "fedavg-b0.01-e2", "--seeds", "0"])
+    assert calls["moon-b0.01-e2-lr0.02-s0"]["train.lr"] == "0.02"
+    # the run after names the default again: `dvc exp run` leaves the last run's params in the workspace
+    assert calls["fedavg-b0.01-e2-s0"]["train.lr"] == sweep.DEFAULTS["train.lr"]
+
+
+def test_set_refuses_a_key_the_other_runs_would_not_reset():
+    with pytest.raises(SystemExit, match="--set 'train.momentum=0': want KEY=VALUE with KEY one of"):
+        sweep.main(["table1", "--set", "train.momentum=0", "--dry-run"])
+
+
+def test_every_default_is_the_committed_params_value():
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+    def get(key):
+        value = params
+        for part in key.split("."):
+            value = value[part]
+        return value
+
+    for key, value in sweep.DEFAULTS.items():
+        assert yaml.safe_load(value) == get(key), key
