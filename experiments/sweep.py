@@ -13,7 +13,8 @@ stages rerun per seed; DVC takes every other stage from its cache.
 Every run names every key a grid varies, so nothing leaks from the run before (`dvc exp run` leaves its params in
 the workspace). Each run gets `threads = cores // workers`: N experiments side by side, each at full thread count,
 spin-wait on shared cores. A run whose name exists already is skipped, so a sweep cut short resumes. With
-`--export FILE`, `dvc exp show --json` is written to FILE after every finished run (commit it as you go). A run
+`--export FILE`, `dvc exp show --json` of every commit the runs were made from is written to FILE after every
+finished run (commit it as you go). A run
 that fails (a diverged run stops with an error) is reported and the sweep goes on; it exits 1 at the end.
 
 `--set KEY=VALUE` changes one of the keys above for every cell, e.g. a per-method learning rate:
@@ -104,13 +105,36 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return extra
 
 
+def experiments_by_baseline() -> dict[str, set[str]]:
+    """Every experiment's name under the commit it was made from (`dvc exp ls -A`): a sweep clone that moves to
+    a newer commit between runs keeps seeing, and exporting, the runs made before."""
+    out = subprocess.run(["dvc", "exp", "ls", "-A"], capture_output=True, text=True, check=True).stdout
+    return parse_exp_ls(out)
+
+
+def parse_exp_ls(out: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    baseline = None
+    for line in out.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith(":"):
+            baseline = line.rstrip()[:-1]
+            found[baseline] = set()
+        elif line.strip() and baseline is not None:
+            name = line.strip()
+            found[baseline].add(name[name.index("[") + 1:name.rindex("]")] if "[" in name else name.split()[-1])
+    return found
+
+
 def existing_names() -> set[str]:
-    out = subprocess.run(["dvc", "exp", "ls", "--name-only"], capture_output=True, text=True, check=True).stdout
-    return {line.strip() for line in out.splitlines() if line.strip() and not line.endswith(":")}
+    return set().union(*experiments_by_baseline().values())
 
 
 def export(path: Path) -> None:
-    data = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    """`dvc exp show --json` of every baseline commit that has experiments (plain `dvc exp show` shows only
+    those of HEAD)."""
+    revs = [arg for rev in sorted(experiments_by_baseline()) for arg in ("--rev", rev)]
+    data = subprocess.run(["dvc", "exp", "show", "--json", *revs], capture_output=True, text=True,
+                          check=True).stdout
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(data)
     os.replace(tmp, path)

@@ -63,3 +63,12 @@ def test_every_default_is_the_committed_params_value():
 
     for key, value in sweep.DEFAULTS.items():
         assert yaml.safe_load(value) == get(key), key
+
+
+def test_runs_are_found_under_every_baseline_commit():
+    # the sweep clone moved to a newer commit between runs; `dvc exp ls` alone lists only HEAD's runs, so a
+    # resumed sweep reran them and the export lost them
+    out = ("19c401a:\n\tc5f5f07 [regl-b0.01-s0]\n\tb16f2b8 [fedavg-b0.01-s0]\n"
+           "main:\n\t1a2b3c4 [moon-b0.01-e2-lr0.02-s0]\n")
+    assert sweep.parse_exp_ls(out) == {"19c401a": {"regl-b0.01-s0", "fedavg-b0.01-s0"},
+                                       "main": {"moon-b0.01-e2-lr0.02-s0"}}
