@@ -14,6 +14,7 @@ of a few thousand 512 px images through the chunked generate path. Prints one JS
     python bench/gpu_scale.py                 # needs CUDA; about 7 minutes on an H100 (estimate, not yet run)
     python bench/gpu_scale.py --skip stage    # parts can be skipped; --per-class 60 halves the generation
     python bench/gpu_scale.py --smoke         # tiny sizes, runs on the CPU (checks the script, not the figures)
+    python bench/gpu_scale.py --out s.json    # s.json rewritten after every part: a run cut short keeps its parts
 """
 
 from __future__ import annotations
@@ -306,6 +307,8 @@ def main() -> None:
     ap.add_argument("--data-side", type=int, default=224,
                     help="the client's image side (generated images come back at it)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["classifier", "stage", "generate"])
+    ap.add_argument("--out", type=Path, help="also write the summary here, after every part (a run cut short "
+                    "keeps the parts it finished)")
     args = ap.parse_args()
     if args.smoke:
         args.side, args.clients, args.per_client, args.batch, args.stage_images = 32, 2, 24, 8, 60
@@ -329,7 +332,9 @@ def main() -> None:
                 summary[name] = {"error": f"{exc.__class__.__name__}: {exc}"[:500]}
             summary[f"{name}_wall_s"] = round(time.perf_counter() - start, 1)
             print(f"{name} done in {summary[f'{name}_wall_s']} s", file=sys.stderr, flush=True)
-    print(json.dumps(summary, indent=1))
+            if args.out:
+                args.out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    print(json.dumps(summary, indent=1, default=str))
 
 
 if __name__ == "__main__":
