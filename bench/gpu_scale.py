@@ -11,7 +11,8 @@ of a few thousand 512 px images through the chunked generate path. Prints one JS
    generate@<id> runs — writing chunk by chunk: images/s, peak GPU memory, and the host's resident memory after
    every chunk (it should stay flat: one chunk of encoded images is held, never the shard).
 
-    python bench/gpu_scale.py                 # needs CUDA; about 7 minutes on an H100 (estimate, not yet run)
+    python bench/gpu_scale.py                 # needs CUDA; over 4.5 min on an H100 (classifier 73 s, stage ~45 s,
+                                              # generate cut short at 270 s: bench/results/gpu_scale_h100_partial.json)
     python bench/gpu_scale.py --skip stage    # parts can be skipped; --per-class 60 halves the generation
     python bench/gpu_scale.py --smoke         # tiny sizes, runs on the CPU (checks the script, not the figures)
     python bench/gpu_scale.py --out s.json    # s.json rewritten after every part: a run cut short keeps its parts

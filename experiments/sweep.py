@@ -14,8 +14,8 @@ Every run names every key a grid varies, so nothing leaks from the run before (`
 the workspace). Each run gets `threads = cores // workers`: N experiments side by side, each at full thread count,
 spin-wait on shared cores. A run whose name exists already is skipped, so a sweep cut short resumes. With
 `--export FILE`, `dvc exp show --json` of every commit the runs were made from is written to FILE after every
-finished run (commit it as you go). A run
-that fails (a diverged run stops with an error) is reported and the sweep goes on; it exits 1 at the end.
+finished run (commit it as you go). A run that fails (a diverged run stops with an error) is reported and the
+sweep goes on; it exits 1 at the end.
 
 `--set KEY=VALUE` changes one of the keys above for every cell, e.g. a per-method learning rate:
 
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queue", action="store_true", help="queue the runs (dvc queue start -j WORKERS)")
     ap.add_argument("--stages", nargs="*", help="run only these stages, without checking upstream ones "
                     "(dvc exp run -s): for when the generator stages are cached as they are")
-    ap.add_argument("--export", type=Path, help="write `dvc exp show --json` here after every run")
+    ap.add_argument("--export", type=Path,
+                    help="write `dvc exp show --json` (every commit's runs) here after every run")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override for every cell; KEY one of {', '.join(DEFAULTS)}")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
