@@ -157,3 +157,11 @@ def test_readme_tables_are_what_report_prints_from_the_committed_results():
         proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(path)],
                               capture_output=True, text=True, check=True, cwd=ROOT)
         assert proc.stdout == shown, f"README block under `{command}` differs from what it prints"
+
+
+def test_table_2b_shows_the_mean_of_the_last_five_rounds_by_clients():
+    found, _ = read_runs(exp_show(*regl_seeds([0.70, 0.72, 0.77], clients=[0, 1, 2, 3, 4])))
+    text = render(cells(found), 0.01)
+    table_2b = text.split("Table 2b: global test accuracy, mean of the last five rounds (%)")[1].split("\n\n")[1]
+    # last5 is each final value minus 0.01: 69, 71, 76 -> mean 72.0, the same sample std as the finals
+    assert table_2b.splitlines()[:3] == ["| method | M = 5 |", "|---|---|", "| ReGL | 72.0 ± 3.6 (3) |"]

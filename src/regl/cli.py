@@ -57,6 +57,8 @@ def render(all_cells, beta: float) -> str:
         table1(all_cells, "personalized"),
         f"Table 2: global test accuracy at the last round (%), by number of clients M, at β = {beta:g}",
         table2(all_cells, beta, "final"),
+        f"Table 2b: global test accuracy, mean of the last five rounds (%), by number of clients M, at β = {beta:g}",
+        table2(all_cells, beta, "last5"),
         "Ablations: ReGL variants (%)",
         ablations(all_cells),
     ]
