@@ -165,3 +165,35 @@ def test_table_2b_shows_the_mean_of_the_last_five_rounds_by_clients():
     table_2b = text.split("Table 2b: global test accuracy, mean of the last five rounds (%)")[1].split("\n\n")[1]
     # last5 is each final value minus 0.01: 69, 71, 76 -> mean 72.0, the same sample std as the finals
     assert table_2b.splitlines()[:3] == ["| method | M = 5 |", "|---|---|", "| ReGL | 72.0 ± 3.6 (3) |"]
+
+
+def test_the_split_draw_budget_does_not_make_a_cell_of_its_own():
+    # M = 20 at beta 0.01 needs ~18,000 Dirichlet draws, so its runs raise partition.max_tries; the budget
+    # decides whether a split is found, never which one, so seeds run at either budget are one cell
+    runs = regl_seeds([0.70, 0.72, 0.77], **{"partition.max_tries": 100000})
+    runs[0] = rev("r0", params(**{"train.seed": 0, "personalize.seed": 0}), 0.70, 0.69, 0.99)
+    m20 = rev("m20", params(**{"clients": list(range(20)), "partition.max_tries": 100000}), 0.60, 0.59, 0.99)
+    found, _ = read_runs(exp_show(*runs, m20))
+    assert sorted(len(c.runs) for c in cells(found)) == [1, 3]
+    assert table2(cells(found), 0.01).splitlines()[2] == "| ReGL | 73.0 ± 3.6 (3) | 60.0 (1) |"
+    assert "Other cells" not in render(cells(found), 0.01)
+    assert "max_tries" not in render(cells(found), 0.01)
+
+
+def test_pathological_cells_go_to_table_2c_and_not_into_the_skew_recovery():
+    fedavg = {"train.synthetic": False, "personalize.synthetic": False}
+    one_class = {"partition.scheme": "pathological", "partition.classes_per_client": 1}
+    runs = [rev("f", params(**fedavg), 0.50, 0.50, 0.9),
+            rev("iid", params(**fedavg, **{"partition.scheme": "iid"}), 0.88, 0.88, 0.9),
+            *regl_seeds([0.70, 0.72, 0.77]),
+            rev("p10", params(**fedavg, **{"partition.scheme": "pathological"}), 0.30, 0.30, 0.9),  # 2 classes
+            rev("p50", params(**fedavg, **one_class, clients=list(range(50))), 0.20, 0.20, 0.9),
+            rev("q50", params(**one_class, clients=list(range(50))), 0.65, 0.64, 0.9)]
+    found, _ = read_runs(exp_show(*runs))
+    text = render(cells(found), 0.01)
+    table_2c = text.split("Table 2c:")[1].split("\n\n")[1].splitlines()
+    assert table_2c == ["| method | M = 10, 2 classes a client | M = 50, 1 class a client |", "|---|---|---|",
+                        "| FedAvg | 30.0 (1) | 20.0 (1) |", "| ReGL |  | 65.0 (1) |"]
+    assert "pathological" not in text.split("Ablations")[1]  # neither an ablation nor an "other" cell
+    # the Dirichlet FedAvg (50), not the pathological one (30): (73 - 50) / (88 - 50) = 61 %
+    assert "ReGL recovers 61 % of what skew costs FedAvg" in text

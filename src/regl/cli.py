@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from regl.report import ablations, cells, read_runs, skew_recovery, table1, table2, unplaced
+from regl.report import ablations, cells, read_runs, skew_recovery, table1, table2, table2c, unplaced
 
 app = typer.Typer(add_completion=False, help="regl: federated learning under label skew, with DVC.")
 
@@ -59,9 +59,13 @@ def render(all_cells, beta: float) -> str:
         table2(all_cells, beta, "final"),
         f"Table 2b: global test accuracy, mean of the last five rounds (%), by number of clients M, at β = {beta:g}",
         table2(all_cells, beta, "last5"),
-        "Ablations: ReGL variants (%)",
-        ablations(all_cells),
     ]
+    if table2c(all_cells):
+        parts += ["Table 2c: global test accuracy at the last round (%), by number of clients M, on the pathological "
+                  "split (each client holds the same number of classes)", table2c(all_cells, "final"),
+                  "Table 2d: global test accuracy, mean of the last five rounds (%), on the pathological split",
+                  table2c(all_cells, "last5")]
+    parts += ["Ablations: ReGL variants (%)", ablations(all_cells)]
     other = unplaced(all_cells)
     if other:
         parts += ["Other cells (in none of the tables above)", other]

@@ -1,11 +1,12 @@
 """The paper's tables from DVC experiments, with error bars.
 
 Reads `dvc exp show --json`: every finished run becomes a ``Run`` (its params flattened, its headline metrics).
-Runs that differ only in their seeds (``SEED_KEYS``; the thread count, which changes last bits only, counts
-as one) form a ``Cell``, shown as ``mean ± std (n)`` over seeds, in %. Each run is compared with its baseline
+Runs that differ only in their seeds (``RUN_KEYS``: the seeds, the thread count and the split's draw budget)
+form a ``Cell``, shown as ``mean ± std (n)`` over seeds, in %. Each run is compared with its baseline
 commit's params: a cell is described by what it changes. Table 1 holds the cells that change only the
-method, the skew and the local epochs; Table 2 the method and the clients; the ablation table the ReGL cells
-that change anything else.
+method, the skew and the local epochs; Table 2 the method and the clients (Table 2c the clients on the
+pathological split, for more clients than a Dirichlet split at small β can give images); the ablation table the
+ReGL cells that change anything else.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ METHOD_ORDER = ["FedAvg", "FedProx", "SCAFFOLD", "FedNova", "FedAdam", "FedYogi"
 NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fednova": "FedNova",
          "fedadam": "FedAdam", "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad", "fedavgm": "FedAvgM",
          "moon": "MOON"}
-# What varies between the runs of one cell: the seeds of training and personalization, and the thread count.
-SEED_KEYS = frozenset({"train.seed", "personalize.seed", "threads"})
+SEED_KEYS = frozenset({"train.seed", "personalize.seed"})
+# What may differ between the runs of one cell: the seeds, the thread count (changes last bits only) and the
+# Dirichlet split's draw budget (decides whether a split is found, never which: the draws are one sequence).
+RUN_KEYS = SEED_KEYS | {"threads", "partition.max_tries"}
 METHOD_KEYS = frozenset({"train.algorithm", "train.synthetic", "personalize.synthetic"})
 TABLE1_KEYS = METHOD_KEYS | {"beta", "partition.scheme", "train.local_epochs"}
 TABLE2_KEYS = METHOD_KEYS | {"clients"}
+TABLE2C_KEYS = TABLE2_KEYS | {"beta", "partition.scheme", "partition.classes_per_client"}
 METRICS = {  # column -> (metrics file, key), in % when shown
     "final": ("eval.json", "global_accuracy"),
     "last5": ("train.json", "accuracy_mean_last_5"),
@@ -50,12 +54,12 @@ class Run:
 
     @property
     def seed(self) -> tuple:
-        return tuple(self.params.get(k) for k in sorted(SEED_KEYS - {"threads"}))
+        return tuple(self.params.get(k) for k in sorted(SEED_KEYS))
 
     @property
     def changes(self) -> dict[str, Any]:
         """The params this run sets otherwise than its baseline commit, seeds aside."""
-        keys = (set(self.params) | set(self.baseline)) - SEED_KEYS
+        keys = (set(self.params) | set(self.baseline)) - RUN_KEYS
         return {k: self.params.get(k) for k in sorted(keys) if self.params.get(k) != self.baseline.get(k)}
 
 
@@ -157,7 +161,7 @@ def cells(rows: list[Run]) -> list[Cell]:
     """Runs grouped by every param but the seeds; in a cell, the newest run of each seed."""
     by_key: dict[tuple, dict[tuple, Run]] = {}
     for r in sorted(rows, key=lambda r: r.timestamp):
-        key = tuple(sorted((k, repr(v)) for k, v in r.params.items() if k not in SEED_KEYS))
+        key = tuple(sorted((k, repr(v)) for k, v in r.params.items() if k not in RUN_KEYS))
         by_key.setdefault(key, {})[r.seed] = r
     return [Cell(sorted(seeds.values(), key=lambda r: r.seed)) for seeds in by_key.values()]
 
@@ -183,10 +187,14 @@ def _only(cell: Cell, allowed: frozenset[str]) -> bool:
     return set(cell.first.changes) <= allowed
 
 
+def _table1_cells(all_cells: list[Cell]) -> list[Cell]:
+    return [c for c in all_cells if _only(c, TABLE1_KEYS)
+            and c.first.params.get("partition.scheme", "dirichlet") in ("dirichlet", "iid")]
+
+
 def table1(all_cells: list[Cell], metric: str = "final") -> str:
     """Methods x (skew, local epochs): the cells that change nothing else; IID runs get their own columns."""
-    chosen = [c for c in all_cells if _only(c, TABLE1_KEYS)
-              and c.first.params.get("partition.scheme", "dirichlet") in ("dirichlet", "iid")]
+    chosen = _table1_cells(all_cells)
 
     def column(r: Run) -> tuple[bool, float, int]:
         iid = r.params.get("partition.scheme") == "iid"
@@ -206,11 +214,30 @@ def table2(all_cells: list[Cell], beta: float, metric: str = "final") -> str:
     return grid_table(chosen, lambda r: len(r.params.get("clients") or []), lambda m: f"M = {m}", metric)
 
 
+def _pathological(cell: Cell) -> bool:
+    return cell.first.params.get("partition.scheme") == "pathological" and _only(cell, TABLE2C_KEYS)
+
+
+def table2c(all_cells: list[Cell], metric: str = "final") -> str | None:
+    """Methods x (clients, classes a client) on the pathological split, which gives images to any number of
+    clients (a Dirichlet split at β = 0.01 over 10 classes cannot give 50 clients 10 images each)."""
+    chosen = [c for c in all_cells if _pathological(c)]
+    if not chosen:
+        return None
+
+    def column(r: Run) -> tuple[int, int]:
+        return len(r.params.get("clients") or []), int(r.params.get("partition.classes_per_client", 2))
+
+    return grid_table(chosen, column, lambda c: f"M = {c[0]}, {c[1]} class{'es' if c[1] != 1 else ''} a client",
+                      metric)
+
+
 def ablations(all_cells: list[Cell]) -> str:
     """ReGL's cells that change something outside the tables' axes, beside ReGL at the baseline's params."""
     regl = [c for c in all_cells if c.first.method == "ReGL" and _only(c, TABLE1_KEYS | TABLE2_KEYS)
             and not (set(c.first.changes) - METHOD_KEYS)]
-    other = [c for c in all_cells if c.first.method == "ReGL" and not _only(c, TABLE1_KEYS | TABLE2_KEYS)]
+    other = [c for c in all_cells if c.first.method == "ReGL" and not _only(c, TABLE1_KEYS | TABLE2_KEYS)
+             and not _pathological(c)]
     lines = ["| ReGL variant | final | mean of last 5 | personalized |", "|---|---|---|---|"]
     for label, c in [("as committed (params.yaml)", c) for c in regl] + sorted(
             ((_describe(c), c) for c in other), key=lambda lc: lc[0]):
@@ -221,6 +248,7 @@ def ablations(all_cells: list[Cell]) -> str:
 def unplaced(all_cells: list[Cell]) -> str | None:
     """The cells no table above holds, each with what it changes, so that no run disappears unseen."""
     placed = {id(c) for c in all_cells if _only(c, TABLE1_KEYS) or _only(c, TABLE2_KEYS | {"beta"})
+              or _pathological(c)
               or c.first.method == "ReGL"}
     rest = sorted((((c.first.method, _describe(c)), c) for c in all_cells if id(c) not in placed),
                   key=lambda lc: lc[0])
@@ -243,9 +271,8 @@ def _short(value: Any) -> str:
 def skew_recovery(all_cells: list[Cell], beta: float, metric: str = "final") -> str | None:
     """What ReGL recovers of the accuracy label skew costs FedAvg, on the means over seeds:
     (ReGL − FedAvg) / (IID − FedAvg), with the gap to the IID reference in points."""
-    chosen = [c for c in all_cells if _only(c, TABLE1_KEYS)]
     same_e = {}
-    for c in chosen:
+    for c in _table1_cells(all_cells):
         p = c.first.params
         iid = p.get("partition.scheme") == "iid"
         if iid or float(p.get("beta", "nan")) == beta:
