@@ -13,9 +13,10 @@ stages rerun per seed; DVC takes every other stage from its cache.
 Every run names every key a grid varies, so nothing leaks from the run before (`dvc exp run` leaves its params in
 the workspace). Each run gets `threads = cores // workers`: N experiments side by side, each at full thread count,
 spin-wait on shared cores. A run whose name exists already is skipped, so a sweep cut short resumes. With
-`--export FILE`, `dvc exp show --json` of every commit the runs were made from is written to FILE after every
-finished run (commit it as you go). A run that fails (a diverged run stops with an error) is reported and the
-sweep goes on; it exits 1 at the end.
+`--export FILE`, `dvc exp show --json` of every commit the runs were made from is merged into FILE after every
+finished run (commit it as you go); the runs FILE holds already are kept and skipped, so a fresh clone extends
+the committed export rather than replacing or rerunning it. A run that fails (a diverged run stops with an
+error) is reported and the sweep goes on; it exits 1 at the end.
 
 `--set KEY=VALUE` changes one of the keys above for every cell, e.g. a per-method learning rate:
 
@@ -25,6 +26,7 @@ sweep goes on; it exits 1 at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -139,13 +141,41 @@ def existing_names() -> set[str]:
 
 def export(path: Path) -> None:
     """`dvc exp show --json` of every baseline commit that has experiments (plain `dvc exp show` shows only
-    those of HEAD)."""
+    those of HEAD), merged into what ``path`` holds already."""
     revs = [arg for rev in sorted(experiments_by_baseline()) for arg in ("--rev", rev)]
-    data = subprocess.run(["dvc", "exp", "show", "--json", *revs], capture_output=True, text=True,
-                          check=True).stdout
+    data = json.loads(subprocess.run(["dvc", "exp", "show", "--json", *revs], capture_output=True, text=True,
+                                     check=True).stdout)
+    if path.exists():
+        data = merge_exports(json.loads(path.read_text()), data)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(data)
+    tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:
+    """``new`` over ``old`` (both `dvc exp show --json`): the runs ``old`` holds and ``new`` lacks are kept, so a
+    sweep in a fresh clone, whose DVC knows none of the committed runs, adds to the committed export instead of
+    replacing it. A run in both (same commit, same name) is taken from ``new``."""
+    fresh = {entry.get("rev"): entry for entry in new}
+    merged = []
+    for entry in old:
+        rev = entry.get("rev")
+        if rev not in fresh:
+            merged.append(entry)
+            continue
+        update = fresh.pop(rev)
+        names = {exp.get("name") for exp in update.get("experiments") or []}
+        kept = [exp for exp in entry.get("experiments") or [] if exp.get("name") not in names]
+        runs = (update.get("experiments") or []) + kept
+        merged.append({**update, "experiments": runs or update.get("experiments")})
+    return merged + [entry for entry in new if entry.get("rev") in fresh]
+
+
+def exported_names(path: Path | None) -> set[str]:
+    """The run names an export file holds: a sweep resumed in a fresh clone skips what is committed."""
+    if not path or not path.exists():
+        return set()
+    return {exp.get("name") for entry in json.loads(path.read_text()) for exp in entry.get("experiments") or []}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"error: no cell {sorted(unknown)} in grid {args.grid}; cells: {', '.join(cells)}")
     threads = max(1, args.cores // args.workers)
-    done = set() if args.dry_run else existing_names()
+    done = set() if args.dry_run else existing_names() | exported_names(args.export)
     failed: list[str] = []
     for seed in args.seeds:  # seeds outermost: every cell has one run before any has three
         for cell, overrides in cells.items():

@@ -1,6 +1,7 @@
 """experiments/sweep.py: a failed run does not end the sweep, and --set overrides every cell without leaking."""
 
 import importlib.util
+import json
 import subprocess
 from pathlib import Path
 
@@ -72,3 +73,36 @@ def test_runs_are_found_under_every_baseline_commit():
            "main:\n\t1a2b3c4 [moon-b0.01-e2-lr0.02-s0]\n")
     assert sweep.parse_exp_ls(out) == {"19c401a": {"regl-b0.01-s0", "fedavg-b0.01-s0"},
                                        "main": {"moon-b0.01-e2-lr0.02-s0"}}
+
+
+def _export(rev, *names, metric=0.5):
+    return {"rev": rev, "name": None, "data": {"metrics": {"m": metric}},
+            "experiments": [{"name": n, "revs": [{"rev": n, "name": n, "data": {"metrics": {"m": metric}}}]}
+                            for n in names] or None}
+
+
+def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_calls, monkeypatch):
+    # a fresh clone's DVC knows none of the committed runs: its `dvc exp show --json` used to replace the file
+    committed = [_export("workspace"), _export("e2fcedf", "regl-b0.01-s0", "fedavg-b0.01-s0")]
+    shown = [_export("workspace"), _export("e2fcedf", "fedavg-b0.01-s0", metric=0.7),
+             _export("67b5637", "regl-one-class-m50-s0")]
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(committed))
+    calls, _ = dvc_calls
+    exp_run = sweep.subprocess.run  # the fixture's `dvc exp run`
+
+    def run(cmd, *args, **kwargs):
+        if cmd[:3] == ["dvc", "exp", "show"]:
+            return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(shown))
+        if cmd[:3] == ["dvc", "exp", "ls"]:
+            return subprocess.CompletedProcess(cmd, 0, stdout="e2fcedf:\n\tabc [fedavg-b0.01-s0]\n")
+        return exp_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    sweep.main(["headline", "--cells", "fedavg-b0.01", "regl-b0.01", "--seeds", "0", "1", "--export", str(path)])
+    merged = json.loads(path.read_text())
+    runs = {e["name"]: e["revs"][0]["data"]["metrics"]["m"] for c in merged for e in c["experiments"] or []}
+    assert runs == {"regl-b0.01-s0": 0.5, "fedavg-b0.01-s0": 0.7, "regl-one-class-m50-s0": 0.5}
+    assert [c["rev"] for c in merged] == ["workspace", "e2fcedf", "67b5637"]
+    # the committed runs were not run again
+    assert sorted(calls) == ["fedavg-b0.01-s1", "regl-b0.01-s1"]
