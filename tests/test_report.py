@@ -156,7 +156,8 @@ def test_readme_tables_are_what_report_prints_from_the_committed_results():
         assert path.is_file(), f"{path} is not committed"
         proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(path)],
                               capture_output=True, text=True, check=True, cwd=ROOT)
-        assert proc.stdout == shown, f"README block under `{command}` differs from what it prints"
+        assert proc.stdout == shown, (f"README block under `{command}` differs from what it prints "
+                                       "(python experiments/refresh_readme.py rewrites it)")
 
 
 def test_table_2b_shows_the_mean_of_the_last_five_rounds_by_clients():
