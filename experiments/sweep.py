@@ -148,7 +148,7 @@ def export(path: Path) -> None:
     if path.exists():
         data = merge_exports(json.loads(path.read_text()), data)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
+    tmp.write_text(json.dumps(data) + "\n")
     os.replace(tmp, path)
 
 
