@@ -172,10 +172,11 @@ def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:
 
 
 def exported_names(path: Path | None) -> set[str]:
-    """The run names an export file holds: a sweep resumed in a fresh clone skips what is committed."""
+    """The names of the finished runs an export file holds: a sweep resumed in a fresh clone skips them."""
     if not path or not path.exists():
         return set()
-    return {exp.get("name") for entry in json.loads(path.read_text()) for exp in entry.get("experiments") or []}
+    return {exp.get("name") for entry in json.loads(path.read_text()) for exp in entry.get("experiments") or []
+            if (exp.get("executor") or {}).get("state") != "failed"}
 
 
 def main(argv: list[str] | None = None) -> None:
