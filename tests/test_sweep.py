@@ -106,3 +106,11 @@ def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_ca
     assert [c["rev"] for c in merged] == ["workspace", "e2fcedf", "67b5637"]
     # the committed runs were not run again
     assert sorted(calls) == ["fedavg-b0.01-s1", "regl-b0.01-s1"]
+
+
+def test_a_failed_run_in_the_export_is_run_again(tmp_path):
+    committed = [_export("e2fcedf", "regl-b0.01-s0", "scaffold-b0.01-e2-s0")]
+    committed[0]["experiments"][1]["executor"] = {"state": "failed"}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(committed))
+    assert sweep.exported_names(path) == {"regl-b0.01-s0"}
