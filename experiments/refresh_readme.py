@@ -16,16 +16,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(```\n\$ (regl report --json (\S+))\n)(.*?)(```)", re.S)
 
 
+def report_blocks(text: str) -> list[tuple[str, str, str]]:
+    """(command, FILE, the block shown under it) for every `$ regl report --json FILE` in ``text``."""
+    return [(m.group(2), m.group(3), m.group(4)) for m in BLOCK.finditer(text)]
+
+
+def report_output(path: str) -> str:
+    """What `regl report --json PATH` prints, run from the repository root."""
+    return subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", path],
+                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
 def main() -> int:
     readme = ROOT / "README.md"
-
-    def refreshed(match: re.Match) -> str:
-        out = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", match.group(3)],
-                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
-        return match.group(1) + out + match.group(5)
-
     text = readme.read_text()
-    new = BLOCK.sub(refreshed, text)
+    new = BLOCK.sub(lambda m: m.group(1) + report_output(m.group(3)) + m.group(5), text)
     if new != text:
         readme.write_text(new)
         print("README.md: report blocks rewritten")

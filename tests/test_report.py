@@ -4,8 +4,8 @@ The inputs are `dvc exp show --json` documents: one recorded from DVC 3.67 (test
 small ones built here in the same shape, so each aggregation rule is checked on numbers worked out by hand.
 """
 
+import importlib.util
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +16,9 @@ from regl.cli import render
 from regl.report import cells, mean_std, method_name, read_runs, table1, table2
 
 ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("refresh_readme", ROOT / "experiments" / "refresh_readme.py")
+refresh_readme = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(refresh_readme)
 RECORDED = Path(__file__).parent / "data" / "exp_show.json"
 BASE = {"beta": 0.01, "clients": list(range(10)), "threads": 2,
         "partition": {"scheme": "dirichlet"},
@@ -141,23 +144,15 @@ def test_regl_is_fedavg_with_synthetic_data():
     assert method_name("fedavg", True) == "ReGL" and method_name("moon", True) == "MOON + synthetic"
 
 
-def readme_reports() -> list[tuple[str, str]]:
-    """(command, the block the README shows under it) for every `regl report --json FILE` in the README."""
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```\n\$ (regl report --json \S+)\n(.*?)```", text, re.S)
-
-
 def test_readme_tables_are_what_report_prints_from_the_committed_results():
-    blocks = readme_reports()
+    blocks = refresh_readme.report_blocks((ROOT / "README.md").read_text())
     if not blocks:
         pytest.fail("the README shows no `regl report --json experiments/results/...` output")
-    for command, shown in blocks:
-        path = ROOT / command.split()[-1]
+    for command, file, shown in blocks:
+        path = ROOT / file
         assert path.is_file(), f"{path} is not committed"
-        proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(path)],
-                              capture_output=True, text=True, check=True, cwd=ROOT)
-        assert proc.stdout == shown, (f"README block under `{command}` differs from what it prints "
-                                       "(python experiments/refresh_readme.py rewrites it)")
+        assert refresh_readme.report_output(file) == shown, (f"README block under `{command}` differs from what it "
+                                                              "prints (python experiments/refresh_readme.py rewrites it)")
 
 
 def test_table_2b_shows_the_mean_of_the_last_five_rounds_by_clients():
