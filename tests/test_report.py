@@ -120,6 +120,16 @@ def test_failed_and_unfinished_runs_are_skipped_with_a_note():
     assert "half: no training metrics (train.json)" in skipped
 
 
+def test_a_run_that_ended_with_a_nan_loss_is_skipped_as_diverged():
+    # recorded before a NaN loss stopped a run: it finished, at chance, and would read as a result
+    diverged = rev("nan", params(**{"train.seed": 1, "personalize.seed": 1}), 0.1, 0.1, 0.5)
+    diverged["revs"][0]["data"]["metrics"]["metrics/train.json"]["data"]["loss"] = float("nan")
+    found, skipped = read_runs(exp_show(diverged, *regl_seeds([0.7])))
+    assert [r.name for r in found] == ["r0"]
+    assert any(s.startswith("nan: diverged") for s in skipped)
+    assert "70.0 (1)" in table1(cells(found))
+
+
 def test_report_command_notes_skipped_runs_and_does_not_crash(tmp_path):
     doc = tmp_path / "exp.json"
     doc.write_text(json.dumps(exp_show(rev("boom", params(), error={"msg": "killed"}), *regl_seeds([0.7]))))

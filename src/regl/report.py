@@ -129,7 +129,8 @@ def _error(entry: dict[str, Any]) -> str | None:
 
 
 def read_runs(exp_show: list[dict[str, Any]]) -> tuple[list[Run], list[str]]:
-    """The runs that finished with training metrics, and a note for each record skipped (failed, no metrics)."""
+    """The runs that finished with training metrics, and a note for each record skipped (failed, diverged, no
+    metrics)."""
     found, skipped = [], []
     for name, data, base, error in _records(exp_show):
         params = flatten(_file(data, "params", "params.yaml"))
@@ -141,12 +142,24 @@ def read_runs(exp_show: list[dict[str, Any]]) -> tuple[list[Run], list[str]]:
                 skipped.append(f"{name}: no training metrics (train.json)")
             continue
         files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json")}
+        if diverged := _diverged(files["train.json"]):
+            skipped.append(f"{name}: {diverged}")
+            continue
         metrics = {col: _number(files[f].get(key)) for col, (f, key) in METRICS.items()}
         if metrics["final"] is None:  # evaluate did not run: the trained model's own record
             metrics["final"] = _number(files["train.json"].get("accuracy"))
         found.append(Run(name, str(data.get("timestamp") or ""), params,
                          flatten(_file(base, "params", "params.yaml")), metrics))
     return found, skipped
+
+
+def _diverged(train: dict[str, Any]) -> str | None:
+    """Why a run that finished with a NaN or infinite test loss is no result: regl now stops such a run with an
+    error (federated.train.divergence_error), so one recorded before that stop counts as the failed run it is."""
+    loss = train.get("loss")
+    if isinstance(loss, (int, float)) and not math.isfinite(loss):
+        return f"diverged (the global model's test loss is {loss}; regl stops such a run with an error)"
+    return None
 
 
 def runs(exp_show: list[dict[str, Any]]) -> list[Run]:
