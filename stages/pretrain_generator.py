@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from regl.atomic import atomic_dir
+from regl.device import resolve_device
 from regl.generator.base import MANIFEST, checkpoint_manifest
 from regl.generator.pretrain import GeneratorParams, pretrain_tiny
 from regl.generator.tinysd import write_vocabulary_files
@@ -38,9 +39,10 @@ def main(
             return
         pool = read_shard(public)
         images, labels = shard_tensors(pool)
-        log.info("training tiny-sd on %d public images (%s), shown to the U-Net as %s", len(pool),
-                 "x".join(map(str, images.shape[1:])), g.public_style)
-        pipe = pretrain_tiny(images, labels, pool.class_names, g)
+        dev = resolve_device("auto")  # as finetune_lora and generate: CUDA when present
+        log.info("training tiny-sd on %d public images (%s), shown to the U-Net as %s, on %s", len(pool),
+                 "x".join(map(str, images.shape[1:])), g.public_style, dev)
+        pipe = pretrain_tiny(images, labels, pool.class_names, g, dev)
         with atomic_dir(out) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
             write_vocabulary_files(pipe.tokenizer, tmp / "tokenizer")

@@ -148,6 +148,40 @@ def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_pat
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == ["client_0.parquet"]  # no chunks left
 
 
+def test_tiny_sd_pretrains_on_the_device_the_other_generator_stages_use(tmp_path):
+    """pretrain_generator trains where finetune_lora and generate run (resolve_device("auto"): CUDA when present).
+    It trained on the CPU whatever the machine: > 13 min on an H200 machine, 3.8x slower there than on its GPU
+    (bench/results/stage_times_h200_*). Here: the device the stage resolves reaches the training, and the
+    training puts the model there (CPU on this machine; a GPU run is in the bench result)."""
+    import torch
+
+    from regl.generator.pretrain import pretrain_tiny
+    from regl.images import encode_many
+    from regl.shards import Shard, write_shard
+
+    pixels, labels = client_images(8)
+    write_shard(tmp_path / "public.parquet", Shard(encode_many(pixels), labels, CLASSES))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"generator": {"vae_steps": 1, "unet_steps": 1, "batch_size": 4}}))
+    app = load_stage("pretrain_generator")
+    scope = app.registered_commands[0].callback.__globals__
+    resolved, asked, trained_on = torch.device("cpu", 0), [], []
+
+    def recording_pretrain(images, labels, class_names, cfg, dev=None):
+        asked.append(dev)
+        pipe = pretrain_tiny(images, labels, class_names, cfg, dev)
+        trained_on.append({p.device for m in (pipe.vae, pipe.unet, pipe.text_encoder) for p in m.parameters()})
+        return pipe
+
+    scope["resolve_device"] = lambda name="auto", key="": resolved
+    scope["pretrain_tiny"] = recording_pretrain
+    result = CliRunner().invoke(app, ["--params", str(params), "--public", str(tmp_path / "public.parquet"),
+                                      "--out", str(tmp_path / "generator")])
+    assert result.exit_code == 0, result.output
+    assert asked == [resolved]
+    assert trained_on == [{torch.device("cpu")}]
+
+
 def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpoint, tmp_path):
     """generate writes chunk by chunk; a run killed after some chunks resumes from the last finished one (makes
     only the missing chunks) and writes the same bytes as an uninterrupted run; other params discard the chunks."""

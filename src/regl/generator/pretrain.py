@@ -81,7 +81,9 @@ class EMA:
 
 
 def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int) -> None:
-    """MSE reconstruction plus a small KL term, AdamW with a cosine schedule."""
+    """MSE reconstruction plus a small KL term, AdamW with a cosine schedule. Runs where ``images`` are; the random
+    draws come from a CPU generator whatever the device, so a CPU run gives the same bytes as before devices."""
+    dev = images.device
     gen = torch.Generator().manual_seed(derive_seed(seed, "pretrain", "vae"))
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, min(50, steps // 10), steps)
@@ -90,7 +92,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float,
     for _ in bar:
         x = images[torch.randint(len(images), (batch_size,), generator=gen)]
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)
         loss = F.mse_loss(vae.decode(z).sample, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,6 +106,7 @@ def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch
                    class_names: list[str], cfg: GeneratorParams) -> None:
     """U-Net and text encoder together, noise-prediction MSE, captions from TEMPLATES (some left empty)."""
     unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
+    dev = mean.device
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "pretrain", "unet"))
     table = caption_ids(pipe.tokenizer, [[t.format(**{"class": c}) for t in TEMPLATES] for c in class_names])
     empty = caption_ids(pipe.tokenizer, [[""]])[0, 0]
@@ -117,14 +120,14 @@ def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch
     bar = tqdm(range(cfg.unet_steps), desc="unet", mininterval=5)
     for _ in bar:
         idx = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
-        noise = torch.randn(z.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(dev)) * sf
+        noise = torch.randn(z.shape, generator=gen).to(dev)
+        t = torch.randint(scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
         template = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
         ids = table[labels[idx], template]
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share
         ids[drop] = empty
-        cond = text_encoder(ids)[0]
+        cond = text_encoder(ids.to(dev))[0]
         pred = unet(scheduler.add_noise(z, noise, t), t, cond).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
@@ -140,24 +143,27 @@ def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch
 
 
 def pretrain_tiny(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                  cfg: GeneratorParams) -> StableDiffusionPipeline:
-    """Build tiny-sd for ``images`` (N, C, H, W in [-1, 1]) and train it on them; returns the pipeline."""
+                  cfg: GeneratorParams, dev: torch.device | None = None) -> StableDiffusionPipeline:
+    """Build tiny-sd for ``images`` (N, C, H, W in [-1, 1]) and train it on them on ``dev`` (default: CPU);
+    returns the pipeline, on ``dev``."""
+    dev = dev or torch.device("cpu")
     _, channels, size, _ = images.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "pretrain", "init"))
         tokenizer = tinysd.build_tokenizer(vocabulary_corpus(class_names))
         pipe = tinysd.assemble(tinysd.build_vae(channels, size), tinysd.build_text_encoder(tokenizer), tokenizer,
-                               tinysd.build_unet(size // 4))
+                               tinysd.build_unet(size // 4)).to(dev)
     log.info("tiny-sd: VAE %.2f M, U-Net %.2f M, text encoder %.2f M parameters, %d tokens",
              tinysd.num_params(pipe.vae) / 1e6, tinysd.num_params(pipe.unet) / 1e6,
              tinysd.num_params(pipe.text_encoder) / 1e6, len(tokenizer))
+    images = images.to(dev)
     shifted = apply_style(images, cfg.public_style)
     both = torch.cat([images, shifted]) if cfg.public_style != "none" else images
     train_vae(pipe.vae, both, cfg.vae_steps, cfg.batch_size // 2, cfg.lr, cfg.seed)
     mean, std = encode_moments(pipe.vae, shifted)
     # Stable Diffusion's scaling factor is 1 / std of its latents; ours is measured the same way.
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "pretrain", "scale"))
-    spread = (mean + std * torch.randn(mean.shape, generator=gen)).std().item()
+    spread = (mean + std * torch.randn(mean.shape, generator=gen).to(dev)).std().item()
     pipe.vae.register_to_config(scaling_factor=round(1.0 / spread, 5))
     train_denoiser(pipe, mean, std, labels, class_names, cfg)
     return pipe
