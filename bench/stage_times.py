@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from pathlib import Path
 
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines_bench import set_key  # noqa: E402  (one dotted-key override for the benches)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,14 +44,6 @@ def pipeline_commands(dvc_yaml: Path, params: dict) -> list[tuple[str, str]]:
         else:
             out.append((name, stage["cmd"]))
     return out
-
-
-def set_key(params: dict, dotted: str, text: str) -> None:
-    *path, last = dotted.split(".")
-    node = params
-    for key in path:
-        node = node[key]
-    node[last] = yaml.safe_load(text)
 
 
 def run_stage(name: str, cmd: str, log: Path) -> dict:
@@ -67,7 +63,8 @@ def run_stage(name: str, cmd: str, log: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=None, help="stage names: generate@3 one item, generate all (dvc.yaml's order kept)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="stage names: generate@3 one item, generate all (dvc.yaml's order kept)")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE...]")
     ap.add_argument("--extra-stages", nargs="+", default=["federated_train"])
     ap.add_argument("--deadline", type=float, default=None, help="seconds after which no new stage starts")
@@ -82,7 +79,7 @@ def main() -> None:
               if args.only is None or n in args.only or n.split("@")[0] in args.only]
     t0 = time.perf_counter()
     summary = {
-        "machine": platform.node(), "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,
+        "machine": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "threads": params.get("threads"), "stages": [], "extra": {},
     }
