@@ -28,17 +28,17 @@ import numpy as np
 import torch
 import yaml
 
-from regl.client_data import ClientData
-from regl.device import resolve_device
-from regl.evaluation import evaluate
+from regl.data.client_data import ClientData
+from regl.core.device import resolve_device
+from regl.evaluation.scoring import evaluate
 from regl.federated.engine import Federation, InProcessClients
 from regl.federated.registry import build_algorithm, projection_dim
 from regl.federated.train_params import ALGORITHMS, TrainParams
-from regl.imageset import open_images
-from regl.models import build_model
-from regl.params import load_experiment, load_section
-from regl.partition import PartitionParams, split_clients
-from regl.seeding import derive_seed, rng
+from regl.data.imageset import open_images
+from regl.training.models import build_model
+from regl.core.params import load_experiment, load_section
+from regl.data.partition import PartitionParams, split_clients
+from regl.core.seeding import derive_seed, rng
 
 
 def set_key(d: dict, dotted: str, value: str) -> None:

@@ -8,7 +8,7 @@ training images (10 classes x 1,200). Prints, per number of clients, the draws i
 
 import numpy as np
 
-from regl.partition import dirichlet
+from regl.data.partition import dirichlet
 
 LABELS = np.repeat(np.arange(10), 1200)
 for clients, draws, seed in ((20, 20000, 1), (50, 2000, 2), (100, 1000, 2)):

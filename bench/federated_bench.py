@@ -16,15 +16,15 @@ from pathlib import Path
 import psutil
 import torch
 
-from regl.client_data import load_client
+from regl.data.client_data import load_client
 from regl.federated.engine import InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup, make_federation
 from regl.federated.train_params import TrainParams
-from regl.imageset import open_images
-from regl.naming import client_file
-from regl.params import load_experiment
-from regl.training import train_epochs
+from regl.data.imageset import open_images
+from regl.data.naming import client_file
+from regl.core.params import load_experiment
+from regl.training.loop import train_epochs
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ from regl.generator.pretrain import GeneratorParams
 from regl.generator.quality import client_quality
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import to_data
-from regl.images import encode_many
-from regl.naming import client_file, client_name
-from regl.params import DEFAULT_PARAMS, load_section
-from regl.reference_classifier import load_reference
-from regl.shards import Shard, read_shard
+from regl.data.images import encode_many
+from regl.data.naming import client_file, client_name
+from regl.core.params import DEFAULT_PARAMS, load_section
+from regl.evaluation.reference_classifier import load_reference
+from regl.data.shards import Shard, read_shard
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CONV = ATTENTION + ("conv1", "conv2")
@@ -111,7 +111,7 @@ def main() -> None:
 
     if args.pretrain:
         from regl.generator.pretrain import pretrain_tiny
-        from regl.tensors import shard_tensors
+        from regl.data.tensors import shard_tensors
 
         gp = load_section(DEFAULT_PARAMS, "generator", GeneratorParams)
         pool = read_shard("data/prepared/public.parquet")

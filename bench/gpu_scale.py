@@ -126,7 +126,7 @@ def fedavg_round(global_model, clients, batch, dev, precision, channels_last) ->
 
 
 def classifier_bench(args, dev) -> list[dict]:
-    from regl.models import build_model
+    from regl.training.models import build_model
 
     clients = [colour_data(args.per_client, args.side, 10, seed=c) for c in range(args.clients)]
     variants = [("fp32", False), ("fp32", True), ("bf16", True), ("fp16", True)]
@@ -241,13 +241,13 @@ def build_generator(root: Path, smoke: bool) -> Path:
 
 
 def generate_bench(args, dev, root: Path) -> dict:
-    from regl.chunks import Chunks
+    from regl.core.chunks import Chunks
     from regl.generator.base import MANIFEST, checkpoint_manifest, load_pipeline, resolution
     from regl.generator.generate import synthesize
     from regl.generator.lora import FinetuneParams, finetune, save_lora
     from regl.generator.sample import GenerateParams
-    from regl.images import encode_many
-    from regl.shards import Shard, write_shard
+    from regl.data.images import encode_many
+    from regl.data.shards import Shard, write_shard
 
     classes = [f"class_{k}" for k in range(10)]
     checkpoint = build_generator(root, args.smoke)

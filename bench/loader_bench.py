@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from regl.images import encode_png
-from regl.imageset import CacheBudget, batches, open_images
-from regl.models import build_model
-from regl.shards import Shard, write_shard
-from regl.training import SGDParams, batch_order, train_epochs
+from regl.data.images import encode_png
+from regl.data.imageset import CacheBudget, batches, open_images
+from regl.training.models import build_model
+from regl.data.shards import Shard, write_shard
+from regl.training.loop import SGDParams, batch_order, train_epochs
 
 SIZE, CLASSES, DISTINCT = 224, 10, 64
 

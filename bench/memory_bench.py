@@ -52,7 +52,7 @@ def pool() -> tuple[list[bytes], np.ndarray]:
     """2,000 distinct PNGs: a class's 8x8 pattern, bilinearly upsampled, plus noise (about 11 KiB each)."""
     from PIL import Image
 
-    from regl.images import encode_png
+    from regl.data.images import encode_png
 
     patterns = np.random.default_rng(0).integers(0, 256, (CLASSES, 8, 8), dtype=np.uint8)
     bases = np.stack([np.asarray(Image.fromarray(p).resize((SIZE, SIZE), Image.BILINEAR)) for p in patterns])
@@ -70,8 +70,8 @@ def images(n: int, seed: int) -> tuple[list[bytes], np.ndarray]:
 
 def build(folder: Path, n_train: int, template: Path, cache_mb: int | None) -> None:
     """data/clients (IID, 10 clients), data/local_test, data/prepared/test.parquet under ``folder``."""
-    from regl.naming import client_file
-    from regl.shards import Shard, write_shard
+    from regl.data.naming import client_file
+    from regl.data.shards import Shard, write_shard
 
     names = [f"class {k}" for k in range(CLASSES)]
     per_client = n_train // CLIENTS

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from regl.errors import ReglError
-from regl.partition import dirichlet, iid
-from regl.seeding import rng
+from regl.core.errors import ReglError
+from regl.data.partition import dirichlet, iid
+from regl.core.seeding import rng
 
 
 def timed(fn, repeats):

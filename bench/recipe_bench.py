@@ -6,7 +6,7 @@ Reads data/prepared/{train,test}.parquet (the clients' pool and the test split, 
 the skewed runs also read data/clients/ (the pipeline's partition) and data/synthetic/ (the generate stages).
 Every job is one run:
 
-- ``fed``: FedAvg over the pool split IID (regl.partition.iid) over --clients clients, --rounds rounds, test
+- ``fed``: FedAvg over the pool split IID (regl.data.partition.iid) over --clients clients, --rounds rounds, test
   accuracy after every round;
 - ``central``: the same model, lr, batch and momentum trained centrally on the union of the same images for
   --central-epochs epochs, test accuracy after every epoch;
@@ -52,8 +52,8 @@ class Job:
 
 
 def subset(labels: np.ndarray, size: int) -> np.ndarray:
-    from regl.sampling import stratified_counts, stratified_pick
-    from regl.seeding import rng
+    from regl.data.sampling import stratified_counts, stratified_pick
+    from regl.core.seeding import rng
 
     if size >= len(labels):
         return np.arange(len(labels))
@@ -61,8 +61,8 @@ def subset(labels: np.ndarray, size: int) -> np.ndarray:
 
 
 def model_factory(recipe: dict, channels: int, size: int):
-    from regl.models import SmallCNN
-    from regl.seeding import derive_seed
+    from regl.training.models import SmallCNN
+    from regl.core.seeding import derive_seed
 
     def build():
         with torch.random.fork_rng(devices=[]):
@@ -73,15 +73,15 @@ def model_factory(recipe: dict, channels: int, size: int):
 
 
 def run_job(job: Job, args) -> dict:
-    from regl.client_data import ClientData, load_client
-    from regl.evaluation import evaluate
+    from regl.data.client_data import ClientData, load_client
+    from regl.evaluation.scoring import evaluate
     from regl.federated.engine import Federation, InProcessClients
     from regl.federated.registry import build_algorithm
     from regl.federated.train_params import TrainParams
-    from regl.imageset import open_images
-    from regl.partition import iid
-    from regl.seeding import rng
-    from regl.training import train_epochs
+    from regl.data.imageset import open_images
+    from regl.data.partition import iid
+    from regl.core.seeding import rng
+    from regl.training.loop import train_epochs
 
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -161,8 +161,8 @@ def main() -> None:
     for name in args.skew_recipes:  # ReGL and FedAvg by epochs, then both at ReGL's mean local steps
         r = RECIPES[name]
         ids = sorted(int(f.stem.split("_")[1]) for f in args.clients_dir.glob("client_*.parquet"))
-        from regl.naming import client_file
-        from regl.shards import read_shard
+        from regl.data.naming import client_file
+        from regl.data.shards import read_shard
 
         real = [len(read_shard(client_file(args.clients_dir, c)).labels) for c in ids]
         syn = [len(read_shard(client_file(args.synthetic_dir, c)).labels) for c in ids]

@@ -8,8 +8,8 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from regl.errors import ReglError
-from regl.stage import report
+from regl.core.errors import ReglError
+from regl.core.stage import report
 
 app = ServerApp()
 

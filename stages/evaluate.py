@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from regl.atomic import write_text
-from regl.device import resolve_device
-from regl.evaluation import (
+from regl.core.atomic import write_text
+from regl.core.device import resolve_device
+from regl.evaluation.scoring import (
     EvaluateParams,
     PersonalizeMetrics,
     TrainMetrics,
@@ -21,13 +21,13 @@ from regl.evaluation import (
     predicted_classes,
     read_metrics,
 )
-from regl.imageset import CacheBudget, open_images
-from regl.modelio import load_model
-from regl.naming import client_file, client_name
-from regl.params import load_experiment, load_section
-from regl.plots import count_heatmap, heatmaps_side_by_side, save_figure
-from regl.shards import read_class_counts
-from regl.stage import stage, write_json
+from regl.data.imageset import CacheBudget, open_images
+from regl.training.modelio import load_model
+from regl.data.naming import client_file, client_name
+from regl.core.params import load_experiment, load_section
+from regl.evaluation.plots import count_heatmap, heatmaps_side_by_side, save_figure
+from regl.data.shards import read_class_counts
+from regl.core.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
 

@@ -14,20 +14,20 @@ import torch
 import typer
 from tqdm import tqdm
 
-from regl.atomic import write_text
-from regl.checkpoint import CHECKPOINT_DIR, Checkpoint, code_fingerprint, fingerprint
-from regl.client_data import client_files, load_client
-from regl.device import resolve_device
-from regl.errors import ReglError
+from regl.core.atomic import write_text
+from regl.core.checkpoint import CHECKPOINT_DIR, Checkpoint, code_fingerprint, fingerprint
+from regl.data.client_data import client_files, load_client
+from regl.core.device import resolve_device
+from regl.core.errors import ReglError
 from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup, curve_csv, make_federation, model_arch, train, train_metrics
 from regl.federated.train_params import TrainParams
-from regl.imageset import CacheBudget, ShardImages, open_images
-from regl.modelio import save_model
-from regl.params import load_experiment, load_section
-from regl.stage import stage, write_json
+from regl.data.imageset import CacheBudget, ShardImages, open_images
+from regl.training.modelio import save_model
+from regl.core.params import load_experiment, load_section
+from regl.core.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
 

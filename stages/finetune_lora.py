@@ -10,14 +10,14 @@ from pathlib import Path
 
 import typer
 
-from regl.atomic import atomic_dir
+from regl.core.atomic import atomic_dir
 from regl.generator.base import load_pipeline
 from regl.generator.lora import FinetuneParams, finetune, save_lora
 from regl.generator.sample import GenerateParams
-from regl.naming import client_file, client_name
-from regl.params import load_section
-from regl.shards import read_shard
-from regl.stage import stage
+from regl.data.naming import client_file, client_name
+from regl.core.params import load_section
+from regl.data.shards import read_shard
+from regl.core.stage import stage
 
 app = typer.Typer(add_completion=False)
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 import typer
 
-from regl.chunks import Chunks, run_key
+from regl.core.chunks import Chunks, run_key
 from regl.generator.base import load_pipeline
 from regl.generator.generate import GenerateParams, synthesize
 from regl.generator.grid import sample_grid
 from regl.generator.oracle import oracle_grid, write_oracle
-from regl.naming import client_file, client_name
-from regl.params import load_section
-from regl.plots import save_figure
-from regl.shards import write_shard
-from regl.stage import stage
+from regl.data.naming import client_file, client_name
+from regl.core.params import load_section
+from regl.evaluation.plots import save_figure
+from regl.data.shards import write_shard
+from regl.core.stage import stage
 
 app = typer.Typer(add_completion=False)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import typer
 
-from regl.device import resolve_device
-from regl.evaluation import EvaluateParams
+from regl.core.device import resolve_device
+from regl.evaluation.scoring import EvaluateParams
 from regl.generator.quality import client_quality, quality_report
-from regl.imageset import CacheBudget, open_images
-from regl.naming import client_file, client_name
-from regl.params import load_experiment, load_section
-from regl.reference_classifier import load_reference
-from regl.stage import stage, write_json
+from regl.data.imageset import CacheBudget, open_images
+from regl.data.naming import client_file, client_name
+from regl.core.params import load_experiment, load_section
+from regl.evaluation.reference_classifier import load_reference
+from regl.core.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
 

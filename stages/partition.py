@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from regl.atomic import atomic_dir
-from regl.naming import client_file, client_name
-from regl.params import load_experiment, load_section
-from regl.partition import PartitionParams, local_test_view, split_clients, summary
-from regl.plots import count_heatmap, save_figure
-from regl.seeding import rng
-from regl.shards import iter_rows, read_labels, read_meta, write_pieces
-from regl.stage import stage, write_json
+from regl.core.atomic import atomic_dir
+from regl.data.naming import client_file, client_name
+from regl.core.params import load_experiment, load_section
+from regl.data.partition import PartitionParams, local_test_view, split_clients, summary
+from regl.evaluation.plots import count_heatmap, save_figure
+from regl.core.seeding import rng
+from regl.data.shards import iter_rows, read_labels, read_meta, write_pieces
+from regl.core.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
 

@@ -12,17 +12,17 @@ import torch
 import typer
 from tqdm import tqdm
 
-from regl.atomic import atomic_dir
-from regl.client_data import client_files, load_client
-from regl.device import resolve_device
-from regl.imageset import CacheBudget, open_images
-from regl.modelio import load_model, save_model
-from regl.naming import client_file, client_name
-from regl.params import load_experiment, load_section
-from regl.personalize import PersonalizeParams, client_metrics, personalize, reported, summary
-from regl.plots import class_accuracy_figure, save_figure
-from regl.shards import read_class_counts
-from regl.stage import stage, write_json
+from regl.core.atomic import atomic_dir
+from regl.data.client_data import client_files, load_client
+from regl.core.device import resolve_device
+from regl.data.imageset import CacheBudget, open_images
+from regl.training.modelio import load_model, save_model
+from regl.data.naming import client_file, client_name
+from regl.core.params import load_experiment, load_section
+from regl.evaluation.personalize import PersonalizeParams, client_metrics, personalize, reported, summary
+from regl.evaluation.plots import class_accuracy_figure, save_figure
+from regl.data.shards import read_class_counts
+from regl.core.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
 

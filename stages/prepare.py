@@ -4,11 +4,11 @@ from pathlib import Path
 
 import typer
 
-from regl.atomic import atomic_dir
-from regl.params import load_section
-from regl.prepare import PrepareParams, prepare
-from regl.sources import load_source
-from regl.stage import stage
+from regl.core.atomic import atomic_dir
+from regl.core.params import load_section
+from regl.data.prepare import PrepareParams, prepare
+from regl.data.sources import load_source
+from regl.core.stage import stage
 
 app = typer.Typer(add_completion=False)
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import typer
 
-from regl.atomic import atomic_dir
-from regl.device import resolve_device
+from regl.core.atomic import atomic_dir
+from regl.core.device import resolve_device
 from regl.generator.base import MANIFEST, checkpoint_manifest
 from regl.generator.pretrain import GeneratorParams, pretrain_tiny
 from regl.generator.tinysd import write_vocabulary_files
-from regl.params import load_section
-from regl.shards import read_shard
-from regl.stage import stage
-from regl.tensors import shard_tensors
+from regl.core.params import load_section
+from regl.data.shards import read_shard
+from regl.core.stage import stage
+from regl.data.tensors import shard_tensors
 
 app = typer.Typer(add_completion=False)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import typer
 
-from regl.atomic import atomic_dir
-from regl.evaluation import evaluate
-from regl.imageset import CacheBudget, open_images
-from regl.params import load_section
-from regl.reference_classifier import ReferenceClassifierParams, save_reference, train_reference
-from regl.stage import stage, write_json
+from regl.core.atomic import atomic_dir
+from regl.evaluation.scoring import evaluate
+from regl.data.imageset import CacheBudget, open_images
+from regl.core.params import load_section
+from regl.evaluation.reference_classifier import ReferenceClassifierParams, save_reference, train_reference
+from regl.core.stage import stage, write_json
 
 app = typer.Typer(add_completion=False)
 

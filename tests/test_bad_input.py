@@ -21,8 +21,8 @@ import yaml
 from conftest import load_stage, make_pipeline, set_params, stage
 from typer.testing import CliRunner
 
-from regl.errors import ReglError
-from regl.shards import read_class_names, read_shard, write_shard
+from regl.core.errors import ReglError
+from regl.data.shards import read_class_names, read_shard, write_shard
 
 TINY = {"train.rounds": 2, "prepare.image_size": 16, "train.synthetic": False}
 OUTPUTS = ["data", "models", "metrics", "plots"]
@@ -133,7 +133,7 @@ def parquet_source(path: Path, images: pa.Array, labels: pa.Array) -> Path:
 
 
 def png(value: int = 0, size: int = 8) -> bytes:
-    from regl.images import encode_png
+    from regl.data.images import encode_png
 
     return encode_png(np.full((size, size), value, np.uint8))
 

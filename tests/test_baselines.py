@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regl.client_data import ClientData
-from regl.evaluation import evaluate
+from regl.data.client_data import ClientData
+from regl.evaluation.scoring import evaluate
 from regl.federated.algorithm import ClientResult
 from regl.federated.engine import Federation, InProcessClients
 from regl.federated.registry import build_algorithm
 from regl.federated.train_params import ALGORITHMS, TrainParams
-from regl.imageset import TensorImages
+from regl.data.imageset import TensorImages
 
 
 def federation(build, p, clients):
@@ -117,7 +117,7 @@ def test_moon_loss_with_its_projection_head_equals_a_hand_computation():
     from regl.federated.algorithm import LocalContext
     from regl.federated.registry import projection_dim
     from regl.federated.weights import get_weights, parameter_mask, set_weights
-    from regl.models import build_model
+    from regl.training.models import build_model
 
     mu, tau = 2.0, 0.5
     p = TrainParams(algorithm="moon", moon={"mu": mu, "temperature": tau})
@@ -287,7 +287,7 @@ def test_batchnorm_statistics_stay_valid_under_server_rules_with_resnet18(algori
     stays non-negative (FedNova extrapolates past the clients' mean, FedAvgM/FedOpt step, SCAFFOLD scales by
     η_g), num_batches_tracked stays an integer (the weighted mean, rounded) and is part of the exchanged state."""
     from regl.federated.weights import get_weights, parameter_mask
-    from regl.models import build_model
+    from regl.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet18", 1, 10, 32)
@@ -341,7 +341,7 @@ def easy_data(n, classes, gen):
 
 
 def cnn():
-    from regl.models import build_model
+    from regl.training.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -355,7 +355,7 @@ def test_every_algorithm_learns_a_tiny_easy_problem(algorithm):
     projection head: within 10 rounds the global model's test loss falls below half its start and its
     accuracy exceeds 0.9 (chance: 0.25)."""
     from regl.federated.registry import projection_dim
-    from regl.models import build_model
+    from regl.training.models import build_model
 
     gen = torch.Generator().manual_seed(0)
     clients = [ClientData(i, TensorImages(*easy_data(48, cls, gen)), 48)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from conftest import dvc
 
-from regl.evaluation import accuracy, confusion_matrix, macro_accuracy, per_class_accuracy
+from regl.evaluation.scoring import accuracy, confusion_matrix, macro_accuracy, per_class_accuracy
 
 CONTRACT = {"global_accuracy", "macro_accuracy", "per_class_accuracy", "personalized_accuracy_mean",
             "personalized_accuracy_std", "per_client"}
@@ -39,9 +39,9 @@ def test_pipeline_end_to_end_metrics_plots_and_local_views(reproduced):
     assert len(list((repo / "plots/class_accuracy").glob("client_*.png"))) == 3
 
     # personalized accuracy is the personal model's accuracy on the client's local test view, and only there
-    from regl.modelio import load_model
-    from regl.shards import read_shard
-    from regl.tensors import shard_tensors
+    from regl.training.modelio import load_model
+    from regl.data.shards import read_shard
+    from regl.data.tensors import shard_tensors
 
     personal = json.loads((repo / "metrics/personalize.json").read_text())["per_client"]
     for cid in ("0", "2"):

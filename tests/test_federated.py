@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from regl.checkpoint import Checkpoint
-from regl.client_data import ClientData
+from regl.core.checkpoint import Checkpoint
+from regl.data.client_data import ClientData
 from regl.federated.engine import Federation, InProcessClients, select_clients
 from regl.federated.registry import build_algorithm
 from regl.federated.train import train
 from regl.federated.train_params import ALGORITHMS, TrainParams
-from regl.imageset import TensorImages
-from regl.models import build_model
-from regl.seeding import derive_seed
+from regl.data.imageset import TensorImages
+from regl.training.models import build_model
+from regl.core.seeding import derive_seed
 
 
 def make_clients(sizes, seed=0):

@@ -32,7 +32,7 @@ def test_stage_writes_model_metrics_and_curve(trained_inputs):
     curve = (repo / "metrics/train_curve.csv").read_text().splitlines()
     assert curve[0] == "round,accuracy,loss,clients" and len(curve) == 4
     assert float(curve[-1].split(",")[1]) == metrics["accuracy"]
-    from regl.modelio import load_model
+    from regl.training.modelio import load_model
 
     model, meta = load_model(repo / "models/global_model.safetensors")
     assert meta["algorithm"] == "fedavg" and model(torch.zeros(1, 1, 16, 16)).shape == (1, 10)

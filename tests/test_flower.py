@@ -52,7 +52,7 @@ def flower_repo(tmp_path_factory, fake_fmnist):
 
 
 def weights(path: Path) -> list[torch.Tensor]:
-    from regl.modelio import load_model
+    from regl.training.modelio import load_model
 
     model, _ = load_model(path)
     return [t.detach().clone() for t in model.state_dict().values()]

@@ -109,8 +109,8 @@ def test_prior_images_follow_the_generate_sections_sampler(rgb_checkpoint, tmp_p
 def test_checkpoint_as_generator_base_through_the_stages(rgb_checkpoint, tmp_path):
     """pretrain_generator writes a manifest; finetune_lora and generate run on the checkpoint it names and
     bring images back at the data's size and channels."""
-    from regl.images import encode_many
-    from regl.shards import Shard, read_shard, write_shard
+    from regl.data.images import encode_many
+    from regl.data.shards import Shard, read_shard, write_shard
 
     pixels, labels = client_images()
     write_shard(tmp_path / "clients/client_0.parquet", Shard(encode_many(pixels), labels, CLASSES))
@@ -156,8 +156,8 @@ def test_tiny_sd_pretrains_on_the_device_the_other_generator_stages_use(tmp_path
     import torch
 
     from regl.generator.pretrain import pretrain_tiny
-    from regl.images import encode_many
-    from regl.shards import Shard, write_shard
+    from regl.data.images import encode_many
+    from regl.data.shards import Shard, write_shard
 
     pixels, labels = client_images(8)
     write_shard(tmp_path / "public.parquet", Shard(encode_many(pixels), labels, CLASSES))
@@ -185,10 +185,10 @@ def test_tiny_sd_pretrains_on_the_device_the_other_generator_stages_use(tmp_path
 def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpoint, tmp_path):
     """generate writes chunk by chunk; a run killed after some chunks resumes from the last finished one (makes
     only the missing chunks) and writes the same bytes as an uninterrupted run; other params discard the chunks."""
-    from regl.chunks import Chunks
+    from regl.core.chunks import Chunks
     from regl.generator.generate import synthesize
-    from regl.images import encode_many
-    from regl.shards import Shard, read_shard, write_shard
+    from regl.data.images import encode_many
+    from regl.data.shards import Shard, read_shard, write_shard
 
     base = as_base(rgb_checkpoint, tmp_path)
     pixels, labels = client_images()
@@ -230,8 +230,8 @@ def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpo
 
 
 def test_chunk_key_follows_params_and_input_bytes_and_a_new_key_discards_the_chunks(tmp_path):
-    from regl.chunks import Chunks, run_key
-    from regl.shards import Shard
+    from regl.core.chunks import Chunks, run_key
+    from regl.data.shards import Shard
 
     base = tmp_path / "generator"
     base.mkdir()

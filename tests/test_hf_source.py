@@ -12,8 +12,8 @@ import yaml
 from conftest import load_stage
 from typer.testing import CliRunner
 
-from regl.shards import read_shard
-from regl.sources import load_source
+from regl.data.shards import read_shard
+from regl.data.sources import load_source
 
 CLASSES = ["airplane", "frog", "truck"]
 

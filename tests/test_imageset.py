@@ -1,4 +1,4 @@
-"""The one dataset type over the shards (regl.imageset): in memory and streamed give the same batches and the
+"""The one dataset type over the shards (regl.data.imageset): in memory and streamed give the same batches and the
 same trained weights, whatever the loader workers; memory is bounded by the batch when streamed; augmentation
 is seeded and off by default; the scoring batch, precision and layout params take effect."""
 
@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-import regl.shards
-from regl.augment import augment
-from regl.compute import ComputeParams
-from regl.errors import ReglError
-from regl.evaluation import EvaluateParams, predict
+import regl.data.shards
+from regl.training.augment import augment
+from regl.training.compute import ComputeParams
+from regl.core.errors import ReglError
+from regl.evaluation.scoring import EvaluateParams, predict
 from regl.federated.train_params import TrainParams
-from regl.images import encode_many
-from regl.imageset import CacheBudget, Part, batches, in_order, open_images
-from regl.models import build_model
-from regl.personalize import PersonalizeParams
-from regl.reference_classifier import ReferenceClassifierParams
-from regl.shards import Shard, write_shard
-from regl.tensors import to_float
-from regl.training import SGDParams, batch_order, train_epochs
+from regl.data.images import encode_many
+from regl.data.imageset import CacheBudget, Part, batches, in_order, open_images
+from regl.training.models import build_model
+from regl.evaluation.personalize import PersonalizeParams
+from regl.evaluation.reference_classifier import ReferenceClassifierParams
+from regl.data.shards import Shard, write_shard
+from regl.data.tensors import to_float
+from regl.training.loop import SGDParams, batch_order, train_epochs
 
 
 def write_images(path, n, size=8, channels=3, seed=0, classes=4):
@@ -34,7 +34,7 @@ def write_images(path, n, size=8, channels=3, seed=0, classes=4):
 @pytest.fixture
 def shards(tmp_path, monkeypatch):
     """A real and a synthetic shard in row groups of 32 rows, so rows come from several groups."""
-    monkeypatch.setattr(regl.shards, "ROW_GROUP_SIZE", 32)
+    monkeypatch.setattr(regl.data.shards, "ROW_GROUP_SIZE", 32)
     real, syn = tmp_path / "real.parquet", tmp_path / "syn.parquet"
     return real, syn, write_images(real, 150, seed=1), write_images(syn, 70, seed=2)
 
@@ -105,20 +105,20 @@ def test_opening_a_streamed_dataset_holds_one_row_group_of_bytes_not_the_shard(t
 
     import pyarrow as pa
 
-    import regl.imageset
+    import regl.data.imageset
 
-    monkeypatch.setattr(regl.shards, "ROW_GROUP_BYTES", 64 << 10)
+    monkeypatch.setattr(regl.data.shards, "ROW_GROUP_BYTES", 64 << 10)
     path = tmp_path / "noise.parquet"
     write_images(path, 300, size=48)  # noise does not compress: about 7 KiB a PNG, 2 MiB in all, ~32 row groups
     groups = pa.parquet.ParquetFile(path).num_row_groups
     assert groups >= 20
-    alive, write = [], regl.imageset._Spill.write
+    alive, write = [], regl.data.imageset._Spill.write
 
     def watched(self, positions, blobs):
         alive.append(pa.total_allocated_bytes())
         return write(self, positions, blobs)
 
-    monkeypatch.setattr(regl.imageset._Spill, "write", watched)
+    monkeypatch.setattr(regl.data.imageset._Spill, "write", watched)
     gc.collect()
     gc.disable()  # no other test's garbage freed (or made) inside the window
     try:

@@ -3,10 +3,10 @@
 import pytest
 from conftest import set_params, stage
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 from regl.generator.oracle import write_oracle
 from regl.generator.sample import GenerateParams
-from regl.shards import read_shard
+from regl.data.shards import read_shard
 
 
 def test_oracle_shard_holds_public_images_of_every_class_per_client(pipeline, tmp_path):

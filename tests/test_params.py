@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from regl.errors import ReglError
-from regl.params import ExperimentParams, load_experiment, load_section, parse
-from regl.partition import PartitionParams
-from regl.prepare import PrepareParams
+from regl.core.errors import ReglError
+from regl.core.params import ExperimentParams, load_experiment, load_section, parse
+from regl.data.partition import PartitionParams
+from regl.data.prepare import PrepareParams
 
 
 def error_of(model, raw, prefix=""):
@@ -57,7 +57,7 @@ def test_top_level_keys_are_the_sections_of_params_yaml_and_dvc_yaml():
     """A misspelled section is refused against this list, so it must name every section the pipeline reads."""
     import yaml
 
-    from regl.params import TOP_LEVEL_KEYS, read_yaml
+    from regl.core.params import TOP_LEVEL_KEYS, read_yaml
 
     root = Path(__file__).resolve().parents[1]
     assert set(read_yaml(root / "params.yaml")) == set(TOP_LEVEL_KEYS)
@@ -82,7 +82,7 @@ def test_falsy_train_section_is_an_error_not_the_defaults(tmp_path, value):
 def test_a_stage_computes_with_the_threads_of_params_yaml(tmp_path):
     import torch
 
-    from regl.stage import stage
+    from regl.core.stage import stage
 
     before = torch.get_num_threads()
     (tmp_path / "params.yaml").write_text("threads: 1\n")
@@ -95,7 +95,7 @@ def test_a_stage_computes_with_the_threads_of_params_yaml(tmp_path):
 
 
 def test_threads_below_one_stop_the_stage_in_one_line(tmp_path, capsys):
-    from regl.stage import stage
+    from regl.core.stage import stage
 
     (tmp_path / "params.yaml").write_text("threads: 0\n")
     with pytest.raises(SystemExit) as info:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from regl.errors import ReglError
-from regl.partition import coverage_classes, dirichlet, iid, local_test_view, pathological, split_clients
-from regl.seeding import rng
+from regl.core.errors import ReglError
+from regl.data.partition import coverage_classes, dirichlet, iid, local_test_view, pathological, split_clients
+from regl.core.seeding import rng
 
 LABELS = np.repeat(np.arange(10), 1200)  # 12,000 labels, 10 balanced classes, like the embedded default
 

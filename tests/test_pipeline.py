@@ -57,7 +57,7 @@ def test_partition_metrics_and_coverage(pipeline):
     assert set(metrics["clients"]["0"]["class_counts"]) == {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"}
 
-    from regl.shards import read_shard
+    from regl.data.shards import read_shard
 
     ids = [i for p in sorted((pipeline / "data/clients").glob("*.parquet")) for i in read_shard(p).columns["id"]]
     public = read_shard(pipeline / "data/prepared/public.parquet").columns["id"]

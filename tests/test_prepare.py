@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regl.errors import ReglError
-from regl.prepare import PrepareParams, prepare
-from regl.shards import Shard, read_shard, write_shard
-from regl.sources import FASHION_MNIST_CLASSES, load_source
+from regl.core.errors import ReglError
+from regl.data.prepare import PrepareParams, prepare
+from regl.data.shards import Shard, read_shard, write_shard
+from regl.data.sources import FASHION_MNIST_CLASSES, load_source
 
 
 def prepared(data, params, folder):
@@ -123,7 +123,7 @@ def test_shard_written_in_pieces_is_the_same_bytes_and_read_back_in_pieces(tmp_p
     first, however the rows are handed to it; iter_rows reads chosen rows back a row group at a time."""
     import pyarrow.parquet as pq
 
-    from regl import shards
+    from regl.data import shards
 
     gen = np.random.default_rng(0)
     images = [gen.bytes(int(n)) for n in gen.integers(100, 400, size=23)]

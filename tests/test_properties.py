@@ -16,19 +16,19 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 from regl.federated.train_params import TrainParams
 from regl.generator.lora import FinetuneParams
 from regl.generator.pretrain import GeneratorParams
 from regl.generator.sample import GenerateParams
-from regl.images import encode_png
-from regl.params import TOP_LEVEL_KEYS, load_experiment, load_section
-from regl.partition import PartitionParams
-from regl.personalize import PersonalizeParams
-from regl.prepare import PrepareParams
-from regl.reference_classifier import ReferenceClassifierParams
-from regl.shards import Shard, read_class_names, read_shard, to_table, write_shard
-from regl.sources import load_source
+from regl.data.images import encode_png
+from regl.core.params import TOP_LEVEL_KEYS, load_experiment, load_section
+from regl.data.partition import PartitionParams
+from regl.evaluation.personalize import PersonalizeParams
+from regl.data.prepare import PrepareParams
+from regl.evaluation.reference_classifier import ReferenceClassifierParams
+from regl.data.shards import Shard, read_class_names, read_shard, to_table, write_shard
+from regl.data.sources import load_source
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SECTIONS = {"prepare": PrepareParams, "partition": PartitionParams, "generator": GeneratorParams,
@@ -218,8 +218,8 @@ def test_mangled_parquet_sources_are_valid_or_one_line(table):
 def test_torn_model_files_are_valid_or_one_line(cut, noise, at):
     import torch
 
-    from regl.modelio import load_model, save_model
-    from regl.models import build_model
+    from regl.training.modelio import load_model, save_model
+    from regl.training.models import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"

@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_federated import federation, make_clients
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 from regl.federated.train import RunSetup, chance_check_round, converged, train, train_metrics
 from regl.federated.train_params import TrainParams
-from regl.training import SGDParams, samples_seen, train_epochs
+from regl.training.loop import SGDParams, samples_seen, train_epochs
 
 
 def counting_hook(seen):

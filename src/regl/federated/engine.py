@@ -16,12 +16,12 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from regl.client_data import ClientData
+from regl.data.client_data import ClientData
 from regl.federated.algorithm import Algorithm, ClientResult, LocalContext
 from regl.federated.train_params import TrainParams
 from regl.federated.weights import Weights, get_weights, parameter_mask, set_weights
-from regl.seeding import rng
-from regl.training import train_epochs
+from regl.core.seeding import rng
+from regl.training.loop import train_epochs
 
 
 def select_clients(client_ids: list[int], fraction: float, seed: int, round_index: int) -> list[int]:

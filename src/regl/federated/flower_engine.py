@@ -23,16 +23,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from regl.client_data import ClientData, load_client
-from regl.device import resolve_device
-from regl.errors import ReglError
+from regl.data.client_data import ClientData, load_client
+from regl.core.device import resolve_device
+from regl.core.errors import ReglError
 from regl.federated.algorithm import ClientResult
 from regl.federated.engine import local_update
 from regl.federated.registry import build_algorithm
 from regl.federated.train import RunSetup
 from regl.federated.train_params import FlowerParams
 from regl.federated.weights import Weights
-from regl.imageset import CacheBudget
+from regl.data.imageset import CacheBudget
 
 INSTALL = "pip install 'regl[flower]'"
 try:

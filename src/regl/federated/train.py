@@ -17,18 +17,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from regl.checkpoint import Checkpoint
-from regl.compute import ComputeParams
-from regl.errors import ReglError
-from regl.evaluation import evaluate
+from regl.core.checkpoint import Checkpoint
+from regl.training.compute import ComputeParams
+from regl.core.errors import ReglError
+from regl.evaluation.scoring import evaluate
 from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, Federation
 from regl.federated.registry import projection_dim
 from regl.federated.train_params import TrainParams
-from regl.imageset import Images
-from regl.models import build_model
-from regl.seeding import derive_seed
-from regl.training import samples_seen
+from regl.data.imageset import Images
+from regl.training.models import build_model
+from regl.core.seeding import derive_seed
+from regl.training.loop import samples_seen
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,10 @@ def curve_csv(curve: list[dict]) -> str:
 
 
 def model_arch(setup: RunSetup) -> dict[str, Any]:
-    """What regl.modelio records with the global model."""
+    """What regl.training.modelio records with the global model."""
     p = setup.params
     arch = {"name": p.model, "channels": setup.channels, "num_classes": setup.num_classes,
             "image_size": setup.image_size, "algorithm": p.algorithm}
-    if projection_dim(p):  # MOON's network: regl.modelio rebuilds its projection head from this
+    if projection_dim(p):  # MOON's network: regl.training.modelio rebuilds its projection head from this
         arch["projection"] = projection_dim(p)
     return arch

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from regl.params import Device, Section
-from regl.training import SGDParams
+from regl.core.params import Device, Section
+from regl.training.loop import SGDParams
 
 
 class FedProxParams(Section):

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 
-from regl.device import resolve_device
-from regl.errors import ReglError
+from regl.core.device import resolve_device
+from regl.core.errors import ReglError
 
 MANIFEST = "manifest.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

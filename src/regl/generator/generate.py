@@ -3,7 +3,7 @@ client's LoRA, made and written in chunks.
 
 ``synthesize`` writes the adapted images (the client's synthetic shard) and the vanilla images from the same
 noise at LoRA scale 0 (the comparison the quality figures need), and returns the rows of its sample grid. Each
-chunk of ``generate.chunk`` images is written to its own file as soon as it is made (:class:`regl.chunks.Chunks`),
+chunk of ``generate.chunk`` images is written to its own file as soon as it is made (:class:`regl.core.chunks.Chunks`),
 so memory holds one chunk, and a killed run resumes from its last finished chunk. A chunk's noise is keyed by
 (seed, client, class) and its batches are the batches one uninterrupted call makes, so the outputs, assembled
 from the chunks, are the same bytes however often the run was interrupted.
@@ -17,13 +17,13 @@ from typing import Callable
 
 import numpy as np
 
-from regl.chunks import Chunks
+from regl.core.chunks import Chunks
 from regl.generator.lora import load_lora
 from regl.generator.sample import GenerateParams, class_rows, generate, row_latents
 from regl.generator.space import to_data
-from regl.images import encode_many
-from regl.naming import client_name
-from regl.shards import Shard, iter_rows, read_labels, read_meta, write_pieces
+from regl.data.images import encode_many
+from regl.data.naming import client_name
+from regl.data.shards import Shard, iter_rows, read_labels, read_meta, write_pieces
 
 
 def synthetic_shard(pixels: np.ndarray, labels: np.ndarray, within: np.ndarray, prompts: list[str],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from regl.plots import plt
+from regl.evaluation.plots import plt
 
 
 def sample_grid(rows: list[tuple[str, np.ndarray | None, np.ndarray, np.ndarray]], title: str,

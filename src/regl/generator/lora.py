@@ -25,12 +25,12 @@ from peft.utils import get_peft_model_state_dict
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import encode_moments, to_model
 from regl.generator.text import encode, has_class_slot
-from regl.params import Section
-from regl.seeding import derive_seed
+from regl.core.params import Section
+from regl.core.seeding import derive_seed
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 

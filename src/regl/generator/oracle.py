@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 from regl.generator.sample import GenerateParams
-from regl.naming import client_name
-from regl.seeding import rng
-from regl.shards import Shard, iter_rows, read_labels, write_shard
+from regl.data.naming import client_name
+from regl.core.seeding import rng
+from regl.data.shards import Shard, iter_rows, read_labels, write_shard
 
 
 def oracle_rows(labels: np.ndarray, num_classes: int, g: GenerateParams, client: int, where: Path) -> np.ndarray:

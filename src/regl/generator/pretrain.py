@@ -21,8 +21,8 @@ from regl.generator import tinysd
 from regl.generator.space import encode_moments
 from regl.generator.styles import apply_style
 from regl.generator.text import caption_ids
-from regl.params import Section
-from regl.seeding import derive_seed
+from regl.core.params import Section
+from regl.core.seeding import derive_seed
 
 log = logging.getLogger("regl.pretrain_generator")
 

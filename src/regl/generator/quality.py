@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from regl.compute import ComputeParams
-from regl.evaluation import accuracy, class_accuracy, embed, predicted_classes
-from regl.imageset import ShardImages
+from regl.training.compute import ComputeParams
+from regl.evaluation.scoring import accuracy, class_accuracy, embed, predicted_classes
+from regl.data.imageset import ShardImages
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from regl.generator.text import has_class_slot
-from regl.params import Section
-from regl.seeding import derive_seed
+from regl.core.params import Section
+from regl.core.seeding import derive_seed
 
 
 class GenerateParams(Section):

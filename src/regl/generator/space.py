@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from regl.generator.base import resolution
-from regl.images import conform, resize, to_pil
-from regl.tensors import to_float
+from regl.data.images import conform, resize, to_pil
+from regl.data.tensors import to_float
 
 
 def _reshape(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:

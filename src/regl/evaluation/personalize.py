@@ -12,11 +12,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from regl.client_data import ClientData
-from regl.evaluation import accuracy, class_accuracy, predicted_classes, rounded
-from regl.imageset import ShardImages
-from regl.params import Device
-from regl.training import SGDParams, train_epochs
+from regl.data.client_data import ClientData
+from regl.evaluation.scoring import accuracy, class_accuracy, predicted_classes, rounded
+from regl.data.imageset import ShardImages
+from regl.core.params import Device
+from regl.training.loop import SGDParams, train_epochs
 
 
 class PersonalizeParams(SGDParams):

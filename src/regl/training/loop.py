@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from regl.augment import Augment, augment
-from regl.compute import ComputeParams, amp_dtype, autocast, laid_out
-from regl.imageset import Images, batches
-from regl.seeding import derive_seed
+from regl.training.augment import Augment, augment
+from regl.training.compute import ComputeParams, amp_dtype, autocast, laid_out
+from regl.data.imageset import Images, batches
+from regl.core.seeding import derive_seed
 
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[nn.Module], None]

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from regl.params import Section
+from regl.core.params import Section
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from regl.shards import Shard
+from regl.data.shards import Shard
 
 
 def to_float(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:

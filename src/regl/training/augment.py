@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from regl.seeding import derive_seed
+from regl.core.seeding import derive_seed
 
 Augment = Literal["none", "flip", "crop_flip"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from regl.errors import ReglError
-from regl.imageset import CacheBudget, Images, Part, open_images
-from regl.naming import client_file
-from regl.shards import read_labels
+from regl.core.errors import ReglError
+from regl.data.imageset import CacheBudget, Images, Part, open_images
+from regl.data.naming import client_file
+from regl.data.shards import read_labels
 
 
 @dataclass
@@ -43,7 +43,7 @@ def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, syn
 def load_client(cid: int, clients_dir: Path, synthetic_dir: Path, synthetic: bool, channels: int,
                 only_held_classes: bool = False, budget: CacheBudget | None = None) -> ClientData:
     """Real images, then (if ``synthetic``) synthetic ones - all classes, or only those the client holds;
-    decoded into memory while ``budget`` lasts, streamed otherwise (``regl.imageset``)."""
+    decoded into memory while ``budget`` lasts, streamed otherwise (``regl.data.imageset``)."""
     real = client_file(clients_dir, cid)
     parts = [Part(real)]
     if synthetic:

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from regl.errors import ReglError
-from regl.images import DECODE_ERRORS, decode_png, undecodable
-from regl.shards import iter_rows, read_class_names, read_labels
-from regl.tensors import to_float
+from regl.core.errors import ReglError
+from regl.data.images import DECODE_ERRORS, decode_png, undecodable
+from regl.data.shards import iter_rows, read_class_names, read_labels
+from regl.data.tensors import to_float
 
 
 class CacheBudget:
@@ -133,7 +133,7 @@ class _Store:
 
     def _read_all(self) -> Iterator[tuple[np.ndarray, list[bytes]]]:
         """(positions, their PNG bytes) for every row: each shard read front to back a row group at a time
-        (:func:`regl.shards.iter_rows`), so memory holds one row group's bytes, not the shard's."""
+        (:func:`regl.data.shards.iter_rows`), so memory holds one row group's bytes, not the shard's."""
         for k, path in enumerate(self.files):
             positions = np.flatnonzero(self.src == k)
             rows = self.rows[positions]

@@ -11,9 +11,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from regl.errors import ReglError
-from regl.params import Section
-from regl.sampling import apportion
+from regl.core.errors import ReglError
+from regl.core.params import Section
+from regl.data.sampling import apportion
 
 
 class PartitionParams(Section):

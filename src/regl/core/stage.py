@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from regl.atomic import write_text
-from regl.errors import ReglError
-from regl.params import load_experiment
+from regl.core.atomic import write_text
+from regl.core.errors import ReglError
+from regl.core.params import load_experiment
 
 log = logging.getLogger("regl")
 

@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from regl.atomic import atomic_file
-from regl.errors import ReglError
-from regl.images import decode_many
+from regl.core.atomic import atomic_file
+from regl.core.errors import ReglError
+from regl.data.images import decode_many
 
 # A row group closes at ROW_GROUP_SIZE rows or once its images hold ROW_GROUP_BYTES, whichever comes first: 4096
 # of the embedded default's 32 px PNGs take 3 MB, while 4096 photos at 224 px would take 400 MB. Reading a row

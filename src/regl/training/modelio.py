@@ -11,9 +11,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from regl.atomic import atomic_file
-from regl.errors import ReglError
-from regl.models import build_model
+from regl.core.atomic import atomic_file
+from regl.core.errors import ReglError
+from regl.training.models import build_model
 
 
 def save_model(path: str | Path, model: nn.Module, arch: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import annotated_types
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 
 DEFAULT_PARAMS = Path("params.yaml")
 

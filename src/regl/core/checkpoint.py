@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import regl
-from regl.atomic import atomic_file
+from regl.core.atomic import atomic_file
 
 CHECKPOINT_DIR = Path(".regl/checkpoints")
 PACKAGE_DIR = Path(regl.__file__).resolve().parent

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from regl.compute import ComputeParams, autocast, laid_out
-from regl.errors import ReglError
-from regl.imageset import Images, batches, in_order
-from regl.params import Device, parse
+from regl.training.compute import ComputeParams, autocast, laid_out
+from regl.core.errors import ReglError
+from regl.data.imageset import Images, batches, in_order
+from regl.core.params import Device, parse
 
 
 class EvaluateParams(ComputeParams):

@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 
 # What Pillow raises for bytes that are not an image it can read: truncated data, a header it does not know,
 # a decompression bomb (more pixels than Image.MAX_IMAGE_PIXELS allows), no bytes at all.

@@ -19,13 +19,13 @@ import numpy as np
 from pydantic import Field
 from tqdm import tqdm
 
-from regl.errors import ReglError
-from regl.images import conform, encode_png, resize
-from regl.params import Section
-from regl.sampling import stratified_counts, stratified_pick, stratified_split
-from regl.seeding import rng
-from regl.shards import Shard, write_pieces
-from regl.sources import SourceData, Split
+from regl.core.errors import ReglError
+from regl.data.images import conform, encode_png, resize
+from regl.core.params import Section
+from regl.data.sampling import stratified_counts, stratified_pick, stratified_split
+from regl.core.seeding import rng
+from regl.data.shards import Shard, write_pieces
+from regl.data.sources import SourceData, Split
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from regl.atomic import write_text
-from regl.checkpoint import code_fingerprint, fingerprint
-from regl.shards import Shard, write_shard
+from regl.core.atomic import write_text
+from regl.core.checkpoint import code_fingerprint, fingerprint
+from regl.data.shards import Shard, write_shard
 
 MANIFEST = "manifest.json"
 
@@ -52,6 +52,6 @@ class Chunks:
 
 def run_key(stage: str, config: dict, inputs: list[Path]) -> str:
     """The fingerprint of a run of ``stage``: its config, the bytes of its input files (folders: every file in
-    them) and its code (:func:`regl.checkpoint.code_fingerprint`)."""
+    them) and its code (:func:`regl.core.checkpoint.code_fingerprint`)."""
     files = sorted(f for p in map(Path, inputs) for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
     return fingerprint({"config": config, "code": code_fingerprint(stage)}, files)

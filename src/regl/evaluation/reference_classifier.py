@@ -1,7 +1,7 @@
 """The reference classifier (stage reference_classifier): trained once on the clients' real training pool, it
 judges synthetic images (classifiability, Fréchet features) and evaluation reuses it.
 
-Saved like every regl classifier (``regl.modelio``): ``model.safetensors``, its architecture and class names in
+Saved like every regl classifier (``regl.training.modelio``): ``model.safetensors``, its architecture and class names in
 the metadata.
 """
 
@@ -14,10 +14,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from regl.imageset import ShardImages
-from regl.modelio import load_model, save_model
-from regl.models import build_model
-from regl.training import SGDParams, train_epochs
+from regl.data.imageset import ShardImages
+from regl.training.modelio import load_model, save_model
+from regl.training.models import build_model
+from regl.training.loop import SGDParams, train_epochs
 
 
 class ReferenceClassifierParams(SGDParams):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from regl.errors import ReglError
+from regl.core.errors import ReglError
 
 
 def resolve_device(name: str = "auto", key: str = "train.device") -> torch.device:

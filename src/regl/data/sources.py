@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from regl.errors import ReglError
-from regl.images import DECODE_ERRORS, undecodable
+from regl.core.errors import ReglError
+from regl.data.images import DECODE_ERRORS, undecodable
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

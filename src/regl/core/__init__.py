@@ -1,0 +1,1 @@
+"""Plumbing every stage shares: atomic writes, the one error type, params, seeding, devices, resumable state."""

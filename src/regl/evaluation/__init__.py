@@ -1,0 +1,1 @@
+"""Scoring: test accuracy, the reference classifier, personalization and the plots."""
