@@ -12,7 +12,7 @@ memory grows by at most a quarter of what the extra images the stage reads take 
     python bench/memory_bench.py [--sizes 12000 48000] [--stages federated_train personalize evaluate]
                                  [--src OTHER/src --stages-dir OTHER/stages]   # e.g. the code before
 
-Figures: README "Memory and speed at scale", docs/stages.md.
+Figures: docs/performance.md ("Memory"), docs/stages.md.
 """
 
 from __future__ import annotations

@@ -28,10 +28,16 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines_bench import set_key  # noqa: E402  (one dotted-key override for the benches)
-
 REPO = Path(__file__).resolve().parents[1]
+
+
+def set_key(d: dict, dotted: str, value: str) -> None:
+    """One dotted-key override (``train.seed``, value as YAML) into a params mapping; archive/baselines_bench.py
+    uses it too."""
+    *path, last = dotted.split(".")
+    for k in path:
+        d = d.setdefault(k, {})
+    d[last] = yaml.safe_load(value)
 
 
 def pipeline_commands(dvc_yaml: Path, params: dict) -> list[tuple[str, str]]:

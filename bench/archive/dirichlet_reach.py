@@ -3,7 +3,7 @@ training images (10 classes x 1,200). Prints, per number of clients, the draws i
 `partition.min_size` = 10 images and the most clients that got them in one draw (docs/experiments.md,
 "Many clients at β = 0.01").
 
-    python bench/dirichlet_reach.py
+    python bench/archive/dirichlet_reach.py
 """
 
 import numpy as np

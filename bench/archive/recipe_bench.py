@@ -17,8 +17,8 @@ A recipe's summary at round R: the mean test accuracy of rounds R-4..R and the c
 (flat: |change| <= 0.01); centralized: the mean of its last five epochs. Jobs run in a process pool and are
 appended to a JSON-lines file as they finish, so a cut-short run keeps what it did.
 
-    python bench/recipe_bench.py --sizes 12000 3600 --recipes gn-lr0.05 nonorm-lr0.01 --workers 2 \\
-        --out bench/results/recipe.json
+    python bench/archive/recipe_bench.py --sizes 12000 3600 --recipes gn-lr0.05 nonorm-lr0.01 --workers 2 \\
+        --out bench/archive/results/recipe.json
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--central-epochs", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/recipe.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/archive/results/recipe.json"))
     args = parser.parse_args()
 
     jobs = []

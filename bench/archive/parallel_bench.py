@@ -9,10 +9,10 @@ its own seed and a short round budget. The batch runs with J workers at T torch 
 - J = 2, T = cores: two side by side at full thread count each (what `dvc queue start -j 2` gives when nobody
   sets `threads`): oversubscribed.
 
-Prints and writes (bench/results/parallel_<tag>.json) the batch's wall time and its ratio to the baseline.
+Prints and writes (bench/archive/results/parallel_<tag>.json) the batch's wall time and its ratio to the baseline.
 Run it on a quiet machine: another busy process changes every figure.
 
-    python bench/parallel_bench.py --rounds 3 --tag cpu2
+    python bench/archive/parallel_bench.py --rounds 3 --tag cpu2
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_one(tmp: Path, seed: int, threads: int, rounds: int) -> float:
@@ -76,7 +76,7 @@ def main() -> None:
     out = {"machine": f"{platform.machine()}, {args.cores} cores", "rounds": args.rounds, "runs": args.runs,
            "setting": "federated_train, embedded default (ReGL, 10 clients, 16,000 images), seeds 0..runs-1",
            "results": results}
-    path = ROOT / "bench" / "results" / f"parallel_{args.tag}.json"
+    path = ROOT / "bench" / "archive" / "results" / f"parallel_{args.tag}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 

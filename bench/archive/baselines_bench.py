@@ -8,10 +8,10 @@ mean-of-last-five test accuracy of every algorithm at each β, MOON's for severa
 variants asked for (an algorithm with train.* overrides, at every β: diagnosis). Runs go to a pool of
 processes (one per run; on a GPU they share it).
 
-    python bench/baselines_bench.py                              # both β, nine algorithms, MOON μ sweep
-    python bench/baselines_bench.py --rounds 2 --algorithms fedavg scaffold --betas 0.5 --moon-mu
-    python bench/baselines_bench.py --set fedopt.server_lr=0.03  # any train.* override, for every run
-    python bench/baselines_bench.py --variant fedadam_lr0.03=fedadam:fedopt.server_lr=0.03
+    python bench/archive/baselines_bench.py                              # both β, nine algorithms, MOON μ sweep
+    python bench/archive/baselines_bench.py --rounds 2 --algorithms fedavg scaffold --betas 0.5 --moon-mu
+    python bench/archive/baselines_bench.py --set fedopt.server_lr=0.03  # any train.* override, for every run
+    python bench/archive/baselines_bench.py --variant fedadam_lr0.03=fedadam:fedopt.server_lr=0.03
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -40,12 +41,8 @@ from regl.core.params import load_experiment, load_section
 from regl.data.partition import PartitionParams, split_clients
 from regl.core.seeding import derive_seed, rng
 
-
-def set_key(d: dict, dotted: str, value: str) -> None:
-    *path, last = dotted.split(".")
-    for k in path:
-        d = d.setdefault(k, {})
-    d[last] = yaml.safe_load(value)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stage_times import set_key  # noqa: E402  (one dotted-key override, shared with bench/stage_times.py)
 
 
 def one_run(job: dict) -> dict:
@@ -95,7 +92,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--machine", default=platform.node(), help="what produced the numbers, for the record")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/baselines.json"))
+    parser.add_argument("--out", type=Path, default=Path("bench/archive/results/baselines.json"))
     args = parser.parse_args()
 
     exp = load_experiment(args.params)
