@@ -1,29 +1,56 @@
-"""`regl report`: runs that differ only in their seeds form one cell, shown as mean ± std (n) over seeds.
+"""`regl report`: runs are placed in the cells of a grids file by their params, each cell shown as mean ± std (n)
+over seeds, and docs/results.md is what the report makes of the committed export.
 
 The inputs are `dvc exp show --json` documents: one recorded from DVC 3.67 (tests/data/exp_show.json) and
-small ones built here in the same shape, so each aggregation rule is checked on numbers worked out by hand.
+small ones built here in the same shape, so each rule is checked on numbers worked out by hand.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from regl.cli import render
-from regl.report import cells, mean_std, method_name, read_runs, table1, table2
+from regl.report import Grids, draw_figures, fill, load_grids, mean_std, read_runs, table, values
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = importlib.util.spec_from_file_location("refresh_readme", ROOT / "experiments" / "refresh_readme.py")
-refresh_readme = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(refresh_readme)
 RECORDED = Path(__file__).parent / "data" / "exp_show.json"
 BASE = {"beta": 0.01, "clients": list(range(10)), "threads": 2,
-        "partition": {"scheme": "dirichlet"},
+        "partition": {"scheme": "dirichlet", "max_tries": 1000},
         "train": {"algorithm": "fedavg", "synthetic": True, "local_epochs": 2, "seed": 0, "lr": 0.05},
         "personalize": {"synthetic": True, "seed": 0}}
+GRIDS = yaml.safe_load("""
+methods:
+  fedavg: {label: FedAvg, set: {train.algorithm: fedavg, train.synthetic: false, personalize.synthetic: false}}
+  regl: {label: ReGL, set: {train.algorithm: fedavg, train.synthetic: true, personalize.synthetic: true}}
+grids:
+  t1:
+    title: by skew
+    rows: [fedavg, regl]
+    columns:
+      b0.01: {title: "β = 0.01", set: {beta: 0.01}, seeds: [0, 1, 2]}
+      iid: {title: IID, set: {partition.scheme: iid}, rows: [fedavg], seeds: [0]}
+      m5: {title: "M = 5", set: {clients: [0, 1, 2, 3, 4], partition.max_tries: 100000}, seeds: []}
+  abl:
+    rows: [regl]
+    columns:
+      default: {title: as committed}
+      lr: {title: lr 0.01, set: {train.lr: 0.01}}
+    seeds: [0, 1]
+figures:
+  f:
+    metric: final
+    panels:
+      - {title: bars, bars: {FedAvg: t1/fedavg/b0.01, ReGL: t1/regl/b0.01}}
+      - {title: lines, x: M, lines: {ReGL: {5: t1/regl/m5, 10: t1/regl/b0.01}}}
+""")
+
+
+def grids() -> Grids:
+    from regl.report import flatten
+    return Grids(GRIDS, flatten(BASE))
 
 
 def params(**changes) -> dict:
@@ -61,6 +88,13 @@ def regl_seeds(values, **changes):
             for i, v in enumerate(values)]
 
 
+FEDAVG = {"train.synthetic": False, "personalize.synthetic": False}
+
+
+def runs_of(*revs):
+    return read_runs(exp_show(*revs))[0]
+
+
 def test_mean_and_sample_std_by_hand():
     # 70, 72, 77: mean 73, deviations -3, -1, 4, sample variance (9 + 1 + 16) / 2 = 13, std 3.61
     assert mean_std([0.70, 0.72, 0.77]) == "73.0 ± 3.6 (3)"
@@ -68,53 +102,51 @@ def test_mean_and_sample_std_by_hand():
     assert mean_std([]) == "–"
 
 
-def test_runs_differing_only_in_seeds_and_threads_form_one_cell():
-    runs = regl_seeds([0.70, 0.72]) + [rev("t", params(**{"train.seed": 2, "personalize.seed": 2, "threads": 1}),
-                                           0.77, 0.76, 0.99)]
-    runs.append(rev("lr", params(**{"train.lr": 0.01}), 0.40, 0.39, 0.9))
-    found, skipped = read_runs(exp_show(*runs))
-    assert skipped == []
-    grouped = cells([r for r in found if r.name != "main"])
-    assert sorted(len(c.runs) for c in grouped) == [1, 3]
-    three = next(c for c in grouped if len(c.runs) == 3)
-    assert mean_std(three.values("final")) == "73.0 ± 3.6 (3)"
+def test_runs_differing_only_in_seeds_threads_and_draw_budget_are_one_cell():
+    runs = regl_seeds([0.70, 0.72])
+    runs.append(rev("t", params(**{"train.seed": 2, "personalize.seed": 2, "threads": 1,
+                                   "partition.max_tries": 100000}), 0.77, 0.76, 0.99))
+    runs.append(rev("lr", params(**{"train.lr": 0.01}), 0.40, 0.39, 0.9))  # another cell: abl/lr
+    g, found = grids(), runs_of(*runs)
+    cell = g.cells["t1/regl/b0.01"]
+    assert [r.name for r in g.runs_of(cell, found)] == ["r0", "r1", "t"]
+    assert mean_std(values(g.runs_of(cell, found), "final")) == "73.0 ± 3.6 (3)"
+    assert [r.name for r in g.runs_of(g.cells["abl/regl/lr"], found)] == ["lr"]
 
 
 def test_a_seed_run_twice_counts_once_the_newest():
     older = rev("old", params(), 0.10, 0.1, 0.9, stamp="2026-11-27T10:00:00")
     newer = rev("new", params(), 0.80, 0.8, 0.9, stamp="2026-11-27T11:00:00")
-    found, _ = read_runs(exp_show(older, newer))
-    (cell,) = cells(found)  # "main" has no metrics: not a run
-    assert [r.name for r in cell.runs] == ["new"]
+    g = grids()
+    assert [r.name for r in g.runs_of(g.cells["t1/regl/b0.01"], runs_of(older, newer))] == ["new"]
 
 
-def test_table1_shows_mean_std_n_per_method_and_column():
-    fedavg = [rev(f"f{i}", params(**{"train.seed": i, "train.synthetic": False, "personalize.synthetic": False}),
-                  v, v, 0.99) for i, v in enumerate([0.40, 0.50, 0.60])]
-    iid = [rev("iid", params(**{"partition.scheme": "iid", "train.synthetic": False,
-                                "personalize.synthetic": False}), 0.88, 0.88, 0.9)]
-    found, _ = read_runs(exp_show(*regl_seeds([0.70, 0.72, 0.77]), *fedavg, *iid))
-    lines = table1(cells(found)).splitlines()
-    assert lines[0] == "| method | β = 0.01, E = 2 | IID, E = 2 |"
-    assert lines[2:] == ["| FedAvg | 50.0 ± 10.0 (3) | 88.0 (1) |", "| ReGL | 73.0 ± 3.6 (3) |  |"]
-    text = render(cells(found), 0.01)
-    # (73 - 50) / (88 - 50) = 60.5 %; 88 - 73 = 15 points
-    assert "ReGL recovers 61 % of what skew costs FedAvg" in text and "15.0 points under" in text
+def test_a_key_an_older_run_lacks_counts_as_its_params_yaml_value():
+    old = params()
+    del old["train"]["lr"]
+    g = grids()
+    assert [r.name for r in g.runs_of(g.cells["t1/regl/b0.01"], runs_of(rev("old", old, 0.7, 0.7, 0.9)))] == ["old"]
 
 
-def test_ablations_name_what_each_regl_cell_changes():
-    found, _ = read_runs(exp_show(*regl_seeds([0.70, 0.72, 0.77]),
-                                  *regl_seeds([0.60, 0.62], **{"train.lr": 0.01})))
-    text = render(cells(found), 0.01)
-    assert "| as committed (params.yaml) | 73.0 ± 3.6 (3) | 72.0 ± 3.6 (3) | 99.0 ± 0.0 (3) |" in text
-    assert "| train.lr = 0.01 | 61.0 ± 1.4 (2) |" in text
+def test_table_shows_mean_std_n_per_method_and_column():
+    fedavg = [rev(f"f{i}", params(**{"train.seed": i}, **FEDAVG), v, v, 0.99) for i, v in enumerate([0.4, 0.5, 0.6])]
+    iid = rev("iid", params(**{"partition.scheme": "iid"}, **FEDAVG), 0.88, 0.88, 0.9)
+    lines = table(grids(), "t1", runs_of(*regl_seeds([0.70, 0.72, 0.77]), *fedavg, iid), "final").splitlines()
+    assert lines == ["| method | β = 0.01 | IID | M = 5 |", "|---|---|---|---|",
+                     "| FedAvg | 50.0 ± 10.0 (3) | 88.0 (1) |  |",  # M = 5 plans no seed and has no run: blank
+                     "| ReGL | 73.0 ± 3.6 (3) |  |  |"]            # ReGL has no IID cell: blank
+
+
+def test_a_planned_cell_without_runs_shows_a_dash_and_a_one_row_grid_lists_its_variants():
+    text = table(grids(), "abl", runs_of(*regl_seeds([0.70, 0.72, 0.77])))
+    assert text.splitlines()[2:] == ["| as committed | 73.0 ± 3.6 (3) | 72.0 ± 3.6 (3) | 99.0 ± 0.0 (3) |",
+                                     "| lr 0.01 | – | – | – |"]
 
 
 def test_failed_and_unfinished_runs_are_skipped_with_a_note():
     failed = rev("boom", params(), error={"type": "CalledProcessError", "msg": "stage federated_train failed"})
     unfinished = rev("half", params(**{"train.seed": 5}))  # no metrics
-    good = regl_seeds([0.7])
-    found, skipped = read_runs(exp_show(failed, unfinished, *good))
+    found, skipped = read_runs(exp_show(failed, unfinished, *regl_seeds([0.7])))
     assert [r.name for r in found] == ["r0"]
     assert any(s.startswith("boom: ") and "failed" in s for s in skipped)
     assert "half: no training metrics (train.json)" in skipped
@@ -127,16 +159,24 @@ def test_a_run_that_ended_with_a_nan_loss_is_skipped_as_diverged():
     found, skipped = read_runs(exp_show(diverged, *regl_seeds([0.7])))
     assert [r.name for r in found] == ["r0"]
     assert any(s.startswith("nan: diverged") for s in skipped)
-    assert "70.0 (1)" in table1(cells(found))
 
 
-def test_report_command_notes_skipped_runs_and_does_not_crash(tmp_path):
-    doc = tmp_path / "exp.json"
+def test_report_command_notes_skipped_runs_and_prints_the_tables(tmp_path):
+    doc, grids_file, params_file = tmp_path / "exp.json", tmp_path / "grids.yaml", tmp_path / "params.yaml"
     doc.write_text(json.dumps(exp_show(rev("boom", params(), error={"msg": "killed"}), *regl_seeds([0.7]))))
-    proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(doc)],
-                          capture_output=True, text=True)
+    grids_file.write_text(yaml.safe_dump(GRIDS))
+    params_file.write_text(yaml.safe_dump(BASE))
+    proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--json", str(doc), "--grids",
+                           str(grids_file), "--params", str(params_file)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "note: skipped boom: killed" in proc.stderr and "70.0 (1)" in proc.stdout
+    assert "note: skipped boom: killed" in proc.stderr and "| ReGL | 70.0 (1) |" in proc.stdout
+
+
+def test_a_grids_key_params_yaml_lacks_is_refused():
+    bad = json.loads(json.dumps(GRIDS))
+    bad["grids"]["abl"]["columns"]["lr"]["set"] = {"train.lrr": 0.01}
+    with pytest.raises(ValueError, match="train.lrr"):
+        Grids(bad, {"train.lr": 0.05})
 
 
 def test_recorded_dvc_output_is_read():
@@ -145,61 +185,30 @@ def test_recorded_dvc_output_is_read():
     assert sorted(by_name) == ["fedavg-e2", "fedavg-m5", "fedprox-b001", "main", "moon-b05"] or \
         sorted(by_name) == ["fedavg-e2", "fedavg-m5", "fedprox-b001", "master", "moon-b05"]
     # `dvc exp run` leaves its params in the workspace, so the later runs inherited moon and beta = 0.5
-    assert by_name["moon-b05"].method == "MOON" and by_name["moon-b05"].params["beta"] == 0.5
-    assert by_name["fedprox-b001"].changes == {"train.algorithm": "fedprox"}
-    assert table2(cells(found), 0.5).splitlines()[0] == "| method | M = 5 | M = 10 |"
+    assert by_name["moon-b05"].params["train.algorithm"] == "moon" and by_name["moon-b05"].params["beta"] == 0.5
 
 
-def test_regl_is_fedavg_with_synthetic_data():
-    assert method_name("fedavg", True) == "ReGL" and method_name("moon", True) == "MOON + synthetic"
+def test_markers_are_filled_with_their_table_and_text_around_them_is_kept():
+    found = runs_of(*regl_seeds([0.70, 0.72, 0.77]))
+    text = "intro\n<!-- regl report: abl -->\nstale\n<!-- end -->\nafter\n"
+    filled = fill(text, grids(), found)
+    assert filled == "intro\n<!-- regl report: abl -->\n" + table(grids(), "abl", found) + "\n<!-- end -->\nafter\n"
+    assert fill(filled, grids(), found) == filled
+    with pytest.raises(ValueError, match="nope"):
+        fill("<!-- regl report: nope -->\n<!-- end -->", grids(), found)
 
 
-def test_readme_tables_are_what_report_prints_from_the_committed_results():
-    blocks = refresh_readme.report_blocks((ROOT / "README.md").read_text())
-    if not blocks:
-        pytest.fail("the README shows no `regl report --json experiments/results/...` output")
-    for command, file, shown in blocks:
-        path = ROOT / file
-        assert path.is_file(), f"{path} is not committed"
-        assert refresh_readme.report_output(file) == shown, (f"README block under `{command}` differs from what it "
-                                                              "prints (python experiments/refresh_readme.py rewrites it)")
+def test_figures_are_written_and_the_same_runs_give_the_same_bytes(tmp_path):
+    found = runs_of(*regl_seeds([0.70, 0.72, 0.77]), rev("f", params(**FEDAVG), 0.5, 0.5, 0.9))
+    (first,) = draw_figures(grids(), found, tmp_path / "a")
+    (second,) = draw_figures(grids(), found, tmp_path / "b")
+    assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and first.read_bytes() == second.read_bytes()
 
 
-def test_table_2b_shows_the_mean_of_the_last_five_rounds_by_clients():
-    found, _ = read_runs(exp_show(*regl_seeds([0.70, 0.72, 0.77], clients=[0, 1, 2, 3, 4])))
-    text = render(cells(found), 0.01)
-    table_2b = text.split("Table 2b: global test accuracy, mean of the last five rounds (%)")[1].split("\n\n")[1]
-    # last5 is each final value minus 0.01: 69, 71, 76 -> mean 72.0, the same sample std as the finals
-    assert table_2b.splitlines()[:3] == ["| method | M = 5 |", "|---|---|", "| ReGL | 72.0 ± 3.6 (3) |"]
-
-
-def test_the_split_draw_budget_does_not_make_a_cell_of_its_own():
-    # M = 20 at beta 0.01 needs ~18,000 Dirichlet draws, so its runs raise partition.max_tries; the budget
-    # decides whether a split is found, never which one, so seeds run at either budget are one cell
-    runs = regl_seeds([0.70, 0.72, 0.77], **{"partition.max_tries": 100000})
-    runs[0] = rev("r0", params(**{"train.seed": 0, "personalize.seed": 0}), 0.70, 0.69, 0.99)
-    m20 = rev("m20", params(**{"clients": list(range(20)), "partition.max_tries": 100000}), 0.60, 0.59, 0.99)
-    found, _ = read_runs(exp_show(*runs, m20))
-    assert sorted(len(c.runs) for c in cells(found)) == [1, 3]
-    assert table2(cells(found), 0.01).splitlines()[2] == "| ReGL | 73.0 ± 3.6 (3) | 60.0 (1) |"
-    assert "Other cells" not in render(cells(found), 0.01)
-    assert "max_tries" not in render(cells(found), 0.01)
-
-
-def test_pathological_cells_go_to_table_2c_and_not_into_the_skew_recovery():
-    fedavg = {"train.synthetic": False, "personalize.synthetic": False}
-    one_class = {"partition.scheme": "pathological", "partition.classes_per_client": 1}
-    runs = [rev("f", params(**fedavg), 0.50, 0.50, 0.9),
-            rev("iid", params(**fedavg, **{"partition.scheme": "iid"}), 0.88, 0.88, 0.9),
-            *regl_seeds([0.70, 0.72, 0.77]),
-            rev("p10", params(**fedavg, **{"partition.scheme": "pathological"}), 0.30, 0.30, 0.9),  # 2 classes
-            rev("p50", params(**fedavg, **one_class, clients=list(range(50))), 0.20, 0.20, 0.9),
-            rev("q50", params(**one_class, clients=list(range(50))), 0.65, 0.64, 0.9)]
-    found, _ = read_runs(exp_show(*runs))
-    text = render(cells(found), 0.01)
-    table_2c = text.split("Table 2c:")[1].split("\n\n")[1].splitlines()
-    assert table_2c == ["| method | M = 10, 2 classes a client | M = 50, 1 class a client |", "|---|---|---|",
-                        "| FedAvg | 30.0 (1) | 20.0 (1) |", "| ReGL |  | 65.0 (1) |"]
-    assert "pathological" not in text.split("Ablations")[1]  # neither an ablation nor an "other" cell
-    # the Dirichlet FedAvg (50), not the pathological one (30): (73 - 50) / (88 - 50) = 61 %
-    assert "ReGL recovers 61 % of what skew costs FedAvg" in text
+def test_results_doc_is_what_the_report_makes_of_the_committed_export():
+    g = load_grids(ROOT / "experiments" / "grids.yaml", ROOT / "params.yaml")
+    found, _ = read_runs(json.loads((ROOT / "experiments" / "results" / "grid.json").read_text()))
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert text.count("<!-- regl report:") >= len(g.grids)
+    assert fill(text, g, found) == text, ("docs/results.md differs from the committed export; rebuild it with "
+                                          "regl report --json experiments/results/grid.json --markdown docs/results.md")

@@ -1,4 +1,5 @@
-"""experiments/sweep.py: a failed run does not end the sweep, and --set overrides every cell without leaking."""
+"""experiments/sweep.py: runs what grids.yaml asks for and the export lacks; a failed run does not end the sweep;
+every run sets every key the grids file sets, so nothing leaks from one run into the next."""
 
 import importlib.util
 import json
@@ -29,41 +30,42 @@ def dvc_calls(monkeypatch):
     return calls, fail
 
 
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "experiments" / "results" / "grid.json"
+
+
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(dvc_calls):
     calls, fail = dvc_calls
-    fail.add("scaffold-b0.01-e2-s0")
-    with pytest.raises(SystemExit, match=r"1 run\(s\) failed: scaffold-b0.01-e2-s0"):
-        sweep.main(["table1", "--cells", "scaffold-b0.01-e2", "moon-b0.01-e2", "--seeds", "0", "1"])
-    assert list(calls) == ["scaffold-b0.01-e2-s0", "moon-b0.01-e2-s0", "scaffold-b0.01-e2-s1", "moon-b0.01-e2-s1"]
+    fail.add("fedavg-m5-s0")
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed: fedavg-m5-s0"):
+        sweep.main(["table2", "--cells", "fedavg-m5", "regl-m5", "--seeds", "0"])
+    assert sorted(calls) == ["fedavg-m5-s0", "regl-m5-s0"]
 
 
-def test_set_overrides_every_cell_and_names_the_runs_after_it(dvc_calls):
+def test_every_run_sets_every_key_the_grids_file_sets(dvc_calls):
     calls, _ = dvc_calls
-    sweep.main(["table1", "--cells", "moon-b0.01-e2", "--seeds", "0", "--set", "train.lr=0.02"])
-    sweep.main(["table1", "--cells", "fedavg-b0.01-e2", "--seeds", "0"])
-    assert calls["moon-b0.01-e2-lr0.02-s0"]["train.lr"] == "0.02"
-    # the run after names the default again: `dvc exp run` leaves the last run's params in the workspace
-    assert calls["fedavg-b0.01-e2-s0"]["train.lr"] == sweep.DEFAULTS["train.lr"]
+    sweep.main(["ablations", "--cells", "regl-oracle", "--seeds", "7"])
+    sweep.main(["table1", "--cells", "fedavg-iid-e2", "--seeds", "7"])
+    oracle, iid = calls["regl-oracle-s7"], calls["fedavg-iid-e2-s7"]
+    assert oracle["generate.oracle"] == "true" and iid["generate.oracle"] == "false"  # reset, not inherited
+    assert iid["partition.scheme"] == "iid" and oracle["partition.scheme"] == "dirichlet"
+    assert set(oracle) == set(iid) and {"train.seed", "personalize.seed", "threads"} <= set(oracle)
+    assert oracle["train.seed"] == oracle["personalize.seed"] == "7"
 
 
-def test_set_refuses_a_key_the_other_runs_would_not_reset():
-    with pytest.raises(SystemExit, match="--set 'train.momentum=0': want KEY=VALUE with KEY one of"):
-        sweep.main(["table1", "--set", "train.momentum=0", "--dry-run"])
+def test_the_committed_export_holds_every_run_the_grids_ask_for(capsys, monkeypatch):
+    # what a fresh clone's `python experiments/sweep.py --export experiments/results/grid.json` does: nothing
+    monkeypatch.setattr(sweep, "existing_names", lambda: set())
+    sweep.main(["--export", str(COMMITTED), "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith("139 run(s) done, 0 to run") and "dvc exp run" not in out
 
 
-def test_every_default_is_the_committed_params_value():
-    import yaml
-
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-
-    def get(key):
-        value = params
-        for part in key.split("."):
-            value = value[part]
-        return value
-
-    for key, value in sweep.DEFAULTS.items():
-        assert yaml.safe_load(value) == get(key), key
+def test_a_run_is_done_by_its_params_whatever_its_name(tmp_path, dvc_calls):
+    # table2's M = 10 column is table1's β = 0.01, E = 2 cell: the runs made under one grid count for the other
+    calls, _ = dvc_calls
+    sweep.main(["table2", "--cells", "regl-m10", "--export", str(COMMITTED)])
+    assert calls == {}
 
 
 def test_runs_are_found_under_every_baseline_commit():
@@ -83,9 +85,9 @@ def _export(rev, *names, metric=0.5):
 
 def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_calls, monkeypatch):
     # a fresh clone's DVC knows none of the committed runs: its `dvc exp show --json` used to replace the file
-    committed = [_export("workspace"), _export("e2fcedf", "regl-b0.01-s0", "fedavg-b0.01-s0")]
-    shown = [_export("workspace"), _export("e2fcedf", "fedavg-b0.01-s0", metric=0.7),
-             _export("67b5637", "regl-one-class-m50-s0")]
+    committed = [_export("workspace"), _export("e2fcedf", "regl-m5-s0", "fedavg-m5-s0")]
+    shown = [_export("workspace"), _export("e2fcedf", "fedavg-m5-s0", metric=0.7),
+             _export("67b5637", "regl-m50-s0")]
     path = tmp_path / "grid.json"
     path.write_text(json.dumps(committed))
     calls, _ = dvc_calls
@@ -95,17 +97,17 @@ def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_ca
         if cmd[:3] == ["dvc", "exp", "show"]:
             return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(shown))
         if cmd[:3] == ["dvc", "exp", "ls"]:
-            return subprocess.CompletedProcess(cmd, 0, stdout="e2fcedf:\n\tabc [fedavg-b0.01-s0]\n")
+            return subprocess.CompletedProcess(cmd, 0, stdout="e2fcedf:\n\tabc [fedavg-m5-s0]\n")
         return exp_run(cmd, *args, **kwargs)
 
     monkeypatch.setattr(sweep.subprocess, "run", run)
-    sweep.main(["headline", "--cells", "fedavg-b0.01", "regl-b0.01", "--seeds", "0", "1", "--export", str(path)])
+    sweep.main(["table2", "--cells", "fedavg-m5", "regl-m5", "--seeds", "0", "1", "--export", str(path)])
     merged = json.loads(path.read_text())
     runs = {e["name"]: e["revs"][0]["data"]["metrics"]["m"] for c in merged for e in c["experiments"] or []}
-    assert runs == {"regl-b0.01-s0": 0.5, "fedavg-b0.01-s0": 0.7, "regl-one-class-m50-s0": 0.5}
+    assert runs == {"regl-m5-s0": 0.5, "fedavg-m5-s0": 0.7, "regl-m50-s0": 0.5}
     assert [c["rev"] for c in merged] == ["workspace", "e2fcedf", "67b5637"]
     # the committed runs were not run again
-    assert sorted(calls) == ["fedavg-b0.01-s1", "regl-b0.01-s1"]
+    assert sorted(calls) == ["fedavg-m5-s1", "regl-m5-s1"]
 
 
 def test_a_failed_run_in_the_export_is_run_again(tmp_path):

@@ -1,43 +1,34 @@
-"""The paper's tables from DVC experiments, with error bars.
+"""Tables and figures with error bars from DVC experiments, laid out by a grids file.
 
 Reads `dvc exp show --json`: every finished run becomes a ``Run`` (its params flattened, its headline metrics).
-Runs that differ only in their seeds (``RUN_KEYS``: the seeds, the thread count and the split's draw budget)
-form a ``Cell``, shown as ``mean ± std (n)`` over seeds, in %. Each run is compared with its baseline
-commit's params: a cell is described by what it changes. Table 1 holds the cells that change only the
-method, the skew and the local epochs; Table 2 the method and the clients (Table 2c the clients on the
-pathological split, for more clients than a Dirichlet split at small β can give images); the ablation table the
-ReGL cells that change anything else.
+A grids file (experiments/grids.yaml) names tables: rows are methods, columns settings, each cell a set of
+overrides over params.yaml. A run belongs to a cell when it agrees with the cell on every key the grids file
+sets anywhere (params.yaml's value where the cell leaves a key), seeds and ``RUN_KEYS`` aside; a cell shows
+``mean ± std (n)`` over its runs, in %. Nothing here knows a particular table: the file says what to show.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-METHOD_ORDER = ["FedAvg", "FedProx", "SCAFFOLD", "FedNova", "FedAdam", "FedYogi", "FedAdagrad", "FedAvgM", "MOON",
-                "ReGL"]
-NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "scaffold": "SCAFFOLD", "fednova": "FedNova",
-         "fedadam": "FedAdam", "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad", "fedavgm": "FedAvgM",
-         "moon": "MOON"}
-SEED_KEYS = frozenset({"train.seed", "personalize.seed"})
-# What may differ between the runs of one cell: the seeds, the thread count (changes last bits only) and the
-# Dirichlet split's draw budget (decides whether a split is found, never which: the draws are one sequence).
-RUN_KEYS = SEED_KEYS | {"threads", "partition.max_tries"}
-METHOD_KEYS = frozenset({"train.algorithm", "train.synthetic", "personalize.synthetic"})
-TABLE1_KEYS = METHOD_KEYS | {"beta", "partition.scheme", "train.local_epochs"}
-TABLE2_KEYS = METHOD_KEYS | {"clients"}
-TABLE2C_KEYS = TABLE2_KEYS | {"beta", "partition.scheme", "partition.classes_per_client"}
-METRICS = {  # column -> (metrics file, key), in % when shown
-    "final": ("eval.json", "global_accuracy"),
-    "last5": ("train.json", "accuracy_mean_last_5"),
-    "personalized": ("eval.json", "personalized_accuracy_mean"),
+import yaml
+
+SEED_KEYS = ("train.seed", "personalize.seed")
+# How a run was made, not what it is: the thread count changes last bits only, and the Dirichlet split's draw
+# budget decides whether a split is found, never which (the draws are one sequence).
+RUN_KEYS = frozenset({*SEED_KEYS, "threads", "partition.max_tries"})
+METRICS = {  # column -> (metrics file, key, title, short title), fractions, shown in %
+    "final": ("eval.json", "global_accuracy", "global test accuracy at the last round", "last round"),
+    "last5": ("train.json", "accuracy_mean_last_5", "global test accuracy, mean of the last five rounds",
+              "mean of the last five rounds"),
+    "personalized": ("eval.json", "personalized_accuracy_mean", "personalized test accuracy, mean over clients",
+                     "personalized"),
 }
-
-
-METRIC_TITLES = {"final": "last round", "last5": "mean of the last five rounds", "personalized": "personalized"}
 
 
 @dataclass(frozen=True)
@@ -45,41 +36,31 @@ class Run:
     name: str  # experiment name or commit
     timestamp: str
     params: dict[str, Any]  # params.yaml flattened: {"train.algorithm": "fedavg", ...}
-    baseline: dict[str, Any]  # the same for the commit the run was made from
     metrics: dict[str, float | None]  # the METRICS columns, as fractions
 
     @property
-    def method(self) -> str:
-        return method_name(self.params.get("train.algorithm", "fedavg"), bool(self.params.get("train.synthetic")))
-
-    @property
-    def seed(self) -> tuple:
-        return tuple(self.params.get(k) for k in sorted(SEED_KEYS))
-
-    @property
-    def changes(self) -> dict[str, Any]:
-        """The params this run sets otherwise than its baseline commit, seeds aside."""
-        keys = (set(self.params) | set(self.baseline)) - RUN_KEYS
-        return {k: self.params.get(k) for k in sorted(keys) if self.params.get(k) != self.baseline.get(k)}
+    def seed(self) -> Any:
+        return self.params.get("train.seed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cell:
-    runs: list[Run] = field(default_factory=list)  # one per seed, the newest where a seed ran twice
+    grid: str
+    row: str
+    column: str
+    label: str  # the row's (method's) label
+    title: str  # the column's title
+    overrides: dict[str, Any]  # the -S overrides, method's then column's
+    seeds: tuple[int, ...]
+    stages: tuple[str, ...] | None  # only these stages (dvc exp run -s), or all
 
     @property
-    def first(self) -> Run:
-        return self.runs[0]
+    def name(self) -> str:
+        return f"{self.row}-{self.column}"
 
-    def values(self, column: str) -> list[float]:
-        return [r.metrics[column] for r in self.runs if r.metrics.get(column) is not None]
-
-
-def method_name(algorithm: str, synthetic: bool) -> str:
-    base = NAMES.get(algorithm, algorithm)
-    if synthetic:
-        return "ReGL" if algorithm == "fedavg" else f"{base} + synthetic"
-    return base
+    @property
+    def ref(self) -> str:
+        return f"{self.grid}/{self.row}/{self.column}"
 
 
 def mean_std(values: list[float]) -> str:
@@ -101,6 +82,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in out.items()}
 
 
+# --- runs from `dvc exp show --json` ---------------------------------------------------------------------------
+
 def _file(data: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
     """The ``kind`` ("params" or "metrics") file whose name is ``name``, wherever the pipeline keeps it."""
     for path, entry in (data.get(kind) or {}).items():
@@ -109,18 +92,17 @@ def _file(data: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
     return {}
 
 
-def _records(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], str | None]]:
-    """(name, data, baseline commit's data, error) of every commit and experiment run in `dvc exp show --json`
-    (the workspace is skipped: after `dvc exp run` it repeats the last experiment)."""
+def _records(exp_show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], bool, str | None]]:
+    """(name, data, is a commit, error) of every commit and experiment run in `dvc exp show --json` (the
+    workspace is skipped: after `dvc exp run` it repeats the last experiment)."""
     for commit in exp_show:
-        base = commit.get("data") or {}
         if commit.get("rev") != "workspace":
-            yield commit.get("name") or commit.get("rev", "")[:7], base, base, _error(commit)
+            yield commit.get("name") or commit.get("rev", "")[:7], commit.get("data") or {}, True, _error(commit)
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 name = rev.get("name") or exp.get("name") or rev.get("rev", "")[:7]
                 failed = "failed" if (exp.get("executor") or {}).get("state") == "failed" else None
-                yield name, rev.get("data") or {}, base, _error(rev) or failed
+                yield name, rev.get("data") or {}, False, _error(rev) or failed
 
 
 def _error(entry: dict[str, Any]) -> str | None:
@@ -132,29 +114,28 @@ def read_runs(exp_show: list[dict[str, Any]]) -> tuple[list[Run], list[str]]:
     """The runs that finished with training metrics, and a note for each record skipped (failed, diverged, no
     metrics)."""
     found, skipped = [], []
-    for name, data, base, error in _records(exp_show):
+    for name, data, commit, error in _records(exp_show):
         params = flatten(_file(data, "params", "params.yaml"))
         if error:
             skipped.append(f"{name}: {error}")
             continue
         if not params or not _file(data, "metrics", "train.json"):
-            if data is not base:  # a commit without metrics is no run; an experiment without them did not finish
+            if not commit:  # a commit without metrics is no run; an experiment without them did not finish
                 skipped.append(f"{name}: no training metrics (train.json)")
             continue
         files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json")}
         if diverged := _diverged(files["train.json"]):
             skipped.append(f"{name}: {diverged}")
             continue
-        metrics = {col: _number(files[f].get(key)) for col, (f, key) in METRICS.items()}
+        metrics = {col: _number(files[f].get(key)) for col, (f, key, *_) in METRICS.items()}
         if metrics["final"] is None:  # evaluate did not run: the trained model's own record
             metrics["final"] = _number(files["train.json"].get("accuracy"))
-        found.append(Run(name, str(data.get("timestamp") or ""), params,
-                         flatten(_file(base, "params", "params.yaml")), metrics))
+        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics))
     return found, skipped
 
 
 def _diverged(train: dict[str, Any]) -> str | None:
-    """Why a run that finished with a NaN or infinite test loss is no result: regl now stops such a run with an
+    """Why a run that finished with a NaN or infinite test loss is no result: regl stops such a run with an
     error (federated.train.divergence_error), so one recorded before that stop counts as the failed run it is."""
     loss = train.get("loss")
     if isinstance(loss, (int, float)) and not math.isfinite(loss):
@@ -162,142 +143,182 @@ def _diverged(train: dict[str, Any]) -> str | None:
     return None
 
 
-def runs(exp_show: list[dict[str, Any]]) -> list[Run]:
-    return read_runs(exp_show)[0]
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def cells(rows: list[Run]) -> list[Cell]:
-    """Runs grouped by every param but the seeds; in a cell, the newest run of each seed."""
-    by_key: dict[tuple, dict[tuple, Run]] = {}
-    for r in sorted(rows, key=lambda r: r.timestamp):
-        key = tuple(sorted((k, repr(v)) for k, v in r.params.items() if k not in RUN_KEYS))
-        by_key.setdefault(key, {})[r.seed] = r
-    return [Cell(sorted(seeds.values(), key=lambda r: r.seed)) for seeds in by_key.values()]
+# --- the grids file --------------------------------------------------------------------------------------------
+
+class Grids:
+    """A grids file's cells, each identified by its params over ``keys`` (every key the file sets)."""
+
+    def __init__(self, doc: dict[str, Any], defaults: dict[str, Any]):
+        self.doc = doc
+        self.methods: dict[str, Any] = doc.get("methods") or {}
+        self.grids: dict[str, Any] = doc.get("grids") or {}
+        self.figures: dict[str, Any] = doc.get("figures") or {}
+        self.cells: dict[str, Cell] = {c.ref: c for name in self.grids for c in self._cells(name)}
+        self.keys = sorted({k for c in self.cells.values() for k in c.overrides} - RUN_KEYS)
+        missing = [k for k in self.keys if k not in defaults]
+        if missing:
+            raise ValueError(f"grids file sets {missing}, which params.yaml does not have")
+        self.defaults = {k: defaults[k] for k in self.keys}
+
+    def _cells(self, grid: str) -> Iterator[Cell]:
+        spec = self.grids[grid]
+        exceptions = spec.get("cell_seeds") or {}
+        for column, col in (spec.get("columns") or {}).items():
+            for row in col.get("rows") or spec["rows"]:
+                if row not in self.methods:
+                    raise ValueError(f"grid {grid}: row {row!r} is not under methods")
+                seeds = exceptions.get(f"{row}/{column}", col.get("seeds", spec.get("seeds", [])))
+                method = self.methods[row]
+                yield Cell(grid, row, column, method.get("label", row), str(col.get("title", column)),
+                           {**(method.get("set") or {}), **(col.get("set") or {})}, tuple(seeds),
+                           tuple(col["stages"]) if col.get("stages") else None)
+
+    def grid_cells(self, grid: str) -> list[Cell]:
+        return [c for c in self.cells.values() if c.grid == grid]
+
+    def identity(self, cell: Cell) -> dict[str, Any]:
+        """What the cell is: params.yaml's value of every key, the cell's overrides over it."""
+        return {k: cell.overrides.get(k, self.defaults[k]) for k in self.keys}
+
+    def run_params(self, cell: Cell) -> dict[str, Any]:
+        """Every key a run of ``cell`` sets: its identity and how it is made (e.g. the split's draw budget)."""
+        return {**self.identity(cell), **{k: v for k, v in cell.overrides.items() if k in RUN_KEYS}}
+
+    def matches(self, run: Run, cell: Cell) -> bool:
+        """A key a run's params lack (an older params.yaml) counts as params.yaml's value."""
+        return all(_same(run.params.get(k, self.defaults[k]), v) for k, v in self.identity(cell).items())
+
+    def runs_of(self, cell: Cell, runs: list[Run]) -> list[Run]:
+        """The cell's runs, the newest of each seed, by seed."""
+        by_seed: dict[Any, Run] = {}
+        for r in sorted(runs, key=lambda r: r.timestamp):
+            if self.matches(r, cell):
+                by_seed[r.seed] = r
+        return [by_seed[s] for s in sorted(by_seed, key=str)]
 
 
-def _method_rank(method: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
 
 
-def grid_table(chosen: list[Cell], column_of: Callable[[Run], Any], title: Callable[[Any], str],
-               metric: str) -> str:
-    """Methods x columns, each cell ``mean ± std (n)`` of ``metric``."""
-    at = {(c.first.method, column_of(c.first)): c for c in chosen}
-    columns = sorted({col for _, col in at})
-    methods = sorted({m for m, _ in at}, key=_method_rank)
-    lines = ["| method | " + " | ".join(title(c) for c in columns) + " |", "|---|" + "---|" * len(columns)]
-    for m in methods:
-        row = [mean_std(at[(m, c)].values(metric)) if (m, c) in at else "" for c in columns]
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+def load_grids(grids_file: Path, params_file: Path) -> Grids:
+    return Grids(yaml.safe_load(grids_file.read_text()) or {},
+                 flatten(yaml.safe_load(params_file.read_text()) or {}))
+
+
+# --- tables ----------------------------------------------------------------------------------------------------
+
+def values(runs: list[Run], metric: str) -> list[float]:
+    return [r.metrics[metric] for r in runs if r.metrics.get(metric) is not None]
+
+
+def table(grids: Grids, grid: str, runs: list[Run], metric: str | None = None) -> str:
+    """Markdown: methods x columns of ``metric``; a grid of one row shows its columns as rows, every metric."""
+    spec = grids.grids[grid]
+    cells = grids.grid_cells(grid)
+    if len(spec["rows"]) == 1:
+        lines = ["| variant (test accuracy, %) | " + " | ".join(s for *_, s in METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
+        for c in cells:
+            found = grids.runs_of(c, runs)
+            lines.append(f"| {c.title} | " + " | ".join(mean_std(values(found, m)) for m in METRICS) + " |")
+        return "\n".join(lines)
+    columns = list(spec["columns"])
+    at = {(c.row, c.column): c for c in cells}
+    lines = ["| method | " + " | ".join(str(spec["columns"][col].get("title", col)) for col in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for row in spec["rows"]:
+        shown = [_shown(grids, at.get((row, col)), runs, metric or "final") for col in columns]
+        lines.append(f"| {grids.methods[row].get('label', row)} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
-def _only(cell: Cell, allowed: frozenset[str]) -> bool:
-    return set(cell.first.changes) <= allowed
+def _shown(grids: Grids, cell: Cell | None, runs: list[Run], metric: str) -> str:
+    """mean ± std (n); blank where the grid has no such cell or plans no seed of it and has no run."""
+    found = values(grids.runs_of(cell, runs), metric) if cell else []
+    return mean_std(found) if found or (cell and cell.seeds) else ""
 
 
-def _table1_cells(all_cells: list[Cell]) -> list[Cell]:
-    return [c for c in all_cells if _only(c, TABLE1_KEYS)
-            and c.first.params.get("partition.scheme", "dirichlet") in ("dirichlet", "iid")]
+def block_title(grids: Grids, grid: str, metric: str | None) -> str:
+    what = "" if metric is None else f"{METRICS[metric][2]} (%), "
+    return f"{grid}: {what}{grids.grids[grid].get('title', '')}"
 
 
-def table1(all_cells: list[Cell], metric: str = "final") -> str:
-    """Methods x (skew, local epochs): the cells that change nothing else; IID runs get their own columns."""
-    chosen = _table1_cells(all_cells)
-
-    def column(r: Run) -> tuple[bool, float, int]:
-        iid = r.params.get("partition.scheme") == "iid"
-        return iid, 0.0 if iid else float(r.params.get("beta", "nan")), int(r.params.get("train.local_epochs", 1))
-
-    def title(c: tuple[bool, float, int]) -> str:
-        return f"IID, E = {c[2]}" if c[0] else f"β = {c[1]:g}, E = {c[2]}"
-
-    return grid_table(chosen, column, title, metric)
+def blocks(grids: Grids) -> list[tuple[str, str | None]]:
+    """(grid, metric) of every table the grids file makes: a metric each for a grid of several rows."""
+    return [(g, None) if len(spec["rows"]) == 1 else (g, m) for g, spec in grids.grids.items()
+            for m in ([None] if len(spec["rows"]) == 1 else METRICS)]
 
 
-def table2(all_cells: list[Cell], beta: float, metric: str = "final") -> str:
-    """Methods x number of clients, the Dirichlet cells at one ``beta`` that change nothing else."""
-    chosen = [c for c in all_cells if _only(c, TABLE2_KEYS | {"beta"})
-              and c.first.params.get("partition.scheme", "dirichlet") == "dirichlet"
-              and float(c.first.params.get("beta", "nan")) == beta]
-    return grid_table(chosen, lambda r: len(r.params.get("clients") or []), lambda m: f"M = {m}", metric)
+def render(grids: Grids, runs: list[Run]) -> str:
+    """Every table of the grids file, with its title."""
+    return "\n\n".join(f"{block_title(grids, g, m)}\n\n{table(grids, g, runs, m)}" for g, m in blocks(grids))
 
 
-def _pathological(cell: Cell) -> bool:
-    return cell.first.params.get("partition.scheme") == "pathological" and _only(cell, TABLE2C_KEYS)
+MARKER = re.compile(r"(<!-- regl report: (\S+)(?: (\S+))? -->\n)(.*?)(<!-- end -->)", re.S)
 
 
-def table2c(all_cells: list[Cell], metric: str = "final") -> str | None:
-    """Methods x (clients, classes a client) on the pathological split, which gives images to any number of
-    clients (a Dirichlet split at β = 0.01 over 10 classes cannot give 50 clients 10 images each)."""
-    chosen = [c for c in all_cells if _pathological(c)]
-    if not chosen:
-        return None
-
-    def column(r: Run) -> tuple[int, int]:
-        return len(r.params.get("clients") or []), int(r.params.get("partition.classes_per_client", 2))
-
-    return grid_table(chosen, column, lambda c: f"M = {c[0]}, {c[1]} class{'es' if c[1] != 1 else ''} a client",
-                      metric)
+def fill(text: str, grids: Grids, runs: list[Run]) -> str:
+    """``text`` with the table under every ``<!-- regl report: GRID [METRIC] -->`` marker made anew (up to its
+    ``<!-- end -->``)."""
+    def one(m: re.Match) -> str:
+        grid, metric = m.group(2), m.group(3)
+        if grid not in grids.grids or (metric is not None and metric not in METRICS):
+            raise ValueError(f"marker {m.group(1).strip()}: no grid {grid!r} or metric {metric!r}")
+        return f"{m.group(1)}{table(grids, grid, runs, metric)}\n{m.group(5)}"
+    return MARKER.sub(one, text)
 
 
-def ablations(all_cells: list[Cell]) -> str:
-    """ReGL's cells that change something outside the tables' axes, beside ReGL at the baseline's params."""
-    regl = [c for c in all_cells if c.first.method == "ReGL" and _only(c, TABLE1_KEYS | TABLE2_KEYS)
-            and not (set(c.first.changes) - METHOD_KEYS)]
-    other = [c for c in all_cells if c.first.method == "ReGL" and not _only(c, TABLE1_KEYS | TABLE2_KEYS)
-             and not _pathological(c)]
-    lines = ["| ReGL variant | final | mean of last 5 | personalized |", "|---|---|---|---|"]
-    for label, c in [("as committed (params.yaml)", c) for c in regl] + sorted(
-            ((_describe(c), c) for c in other), key=lambda lc: lc[0]):
-        lines.append(f"| {label} | " + " | ".join(mean_std(c.values(m)) for m in METRICS) + " |")
-    return "\n".join(lines)
+# --- figures ---------------------------------------------------------------------------------------------------
 
-
-def unplaced(all_cells: list[Cell]) -> str | None:
-    """The cells no table above holds, each with what it changes, so that no run disappears unseen."""
-    placed = {id(c) for c in all_cells if _only(c, TABLE1_KEYS) or _only(c, TABLE2_KEYS | {"beta"})
-              or _pathological(c)
-              or c.first.method == "ReGL"}
-    rest = sorted((((c.first.method, _describe(c)), c) for c in all_cells if id(c) not in placed),
-                  key=lambda lc: lc[0])
-    if not rest:
-        return None
-    lines = ["| method | changes | final | mean of last 5 | personalized |", "|---|---|---|---|---|"]
-    for (m, label), c in rest:
-        lines.append(f"| {m} | {label} | " + " | ".join(mean_std(c.values(col)) for col in METRICS) + " |")
-    return "\n".join(lines)
-
-
-def _describe(cell: Cell) -> str:
-    return ", ".join(f"{k} = {_short(v)}" for k, v in cell.first.changes.items() if k not in METHOD_KEYS) or "–"
-
-
-def _short(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def skew_recovery(all_cells: list[Cell], beta: float, metric: str = "final") -> str | None:
-    """What ReGL recovers of the accuracy label skew costs FedAvg, on the means over seeds:
-    (ReGL − FedAvg) / (IID − FedAvg), with the gap to the IID reference in points."""
-    same_e = {}
-    for c in _table1_cells(all_cells):
-        p = c.first.params
-        iid = p.get("partition.scheme") == "iid"
-        if iid or float(p.get("beta", "nan")) == beta:
-            same_e.setdefault(int(p.get("train.local_epochs", 1)), {})[("IID" if iid else c.first.method)] = c
+def figure_points(grids: Grids, runs: list[Run], refs: dict[Any, str], metric: str) -> list[tuple[Any, float, float]]:
+    """(key, mean %, std %) of every ref with at least one run; the std is 0 for a single run."""
     out = []
-    for e, at in sorted(same_e.items()):
-        if {"FedAvg", "ReGL", "IID"} <= set(at):
-            fedavg, regl, iid = (statistics.fmean(at[k].values(metric)) for k in ("FedAvg", "ReGL", "IID"))
-            share = (regl - fedavg) / (iid - fedavg) if iid != fedavg else float("nan")
-            out.append(f"{METRIC_TITLES[metric]}, β = {beta:g}, E = {e}: ReGL recovers {100 * share:.0f} % of "
-                       "what skew costs FedAvg "
-                       f"((ReGL − FedAvg) / (IID − FedAvg) = ({100 * regl:.1f} − {100 * fedavg:.1f}) / "
-                       f"({100 * iid:.1f} − {100 * fedavg:.1f})); ReGL is {100 * (iid - regl):.1f} points "
-                       f"under the IID reference")
-    return "\n".join(out) or None
+    for key, ref in refs.items():
+        if ref not in grids.cells:
+            raise ValueError(f"figure point {ref!r}: no such grid/row/column")
+        v = values(grids.runs_of(grids.cells[ref], runs), metric)
+        if v:
+            out.append((key, 100 * statistics.fmean(v), 100 * statistics.stdev(v) if len(v) > 1 else 0.0))
+    return out
+
+
+def draw_figures(grids: Grids, runs: list[Run], folder: Path) -> list[Path]:
+    """One PNG per figure of the grids file, its panels side by side; the same runs give the same bytes."""
+    from regl.evaluation.plots import plt, save_figure
+
+    written = []
+    for name, spec in grids.figures.items():
+        metric = spec.get("metric", "last5")
+        panels = spec["panels"]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            if "bars" in panel:
+                pts = figure_points(grids, runs, panel["bars"], metric)
+                ax.bar(range(len(pts)), [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=4,
+                       color=[f"C{i}" for i in range(len(pts))])
+                ax.set_xticks(range(len(pts)), [p[0] for p in pts])
+                for i, p in enumerate(pts):
+                    ax.text(i, p[1] + p[2] + 1, f"{p[1]:.1f}", ha="center", va="bottom", fontsize=9)
+            else:
+                for label, refs in panel["lines"].items():
+                    pts = figure_points(grids, runs, refs, metric)
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                capsize=3, label=label)
+                ax.set_xlabel(panel.get("x", ""))
+                ax.legend(fontsize=8)
+            ax.set_ylim(0, 100)
+            ax.set_ylabel(f"test accuracy (%), {'mean of the last five rounds' if metric == 'last5' else metric}")
+            ax.set_title(panel.get("title", ""))
+            ax.grid(axis="y", alpha=0.3)
+        path = folder / f"{name}.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_figure(fig, path)
+        written.append(path)
+    return written
