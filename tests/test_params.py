@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from regl.core.errors import ReglError
 from regl.core.params import ExperimentParams, load_experiment, load_section, parse
@@ -103,3 +104,49 @@ def test_threads_below_one_stop_the_stage_in_one_line(tmp_path, capsys):
             raise AssertionError("the body must not run")
     assert info.value.code == 2
     assert capsys.readouterr().err.strip().endswith("threads = 0: must be >= 1 and <= 1024")
+
+
+# --- params.yaml is the one source of defaults ----------------------------------------------------------------
+def section_models() -> dict:
+    """Each part of params.yaml and the model that reads it."""
+    from regl.data.partition import PartitionParams
+    from regl.evaluation.personalize import PersonalizeParams
+    from regl.evaluation.reference_classifier import ReferenceClassifierParams
+    from regl.evaluation.scoring import EvaluateParams
+    from regl.federated.train_params import TrainParams
+    from regl.generator.lora import FinetuneParams
+    from regl.generator.pretrain import GeneratorParams
+    from regl.generator.sample import GenerateParams
+
+    return {"prepare": PrepareParams, "partition": PartitionParams, "generator": GeneratorParams,
+            "finetune": FinetuneParams, "generate": GenerateParams, "reference_classifier": ReferenceClassifierParams,
+            "train": TrainParams, "personalize": PersonalizeParams, "evaluate": EvaluateParams}
+
+
+def default_mismatches(model, raw: dict, prefix: str) -> list[str]:
+    """Keys of ``raw`` (a params.yaml section) whose code default differs from the value params.yaml sets."""
+    found = []
+    for key, value in raw.items():
+        info = model.model_fields.get(key)
+        if info is None:
+            found.append(f"{prefix}{key}: no such field in {model.__name__}")
+            continue
+        if isinstance(value, dict):
+            found += default_mismatches(info.annotation, value, f"{prefix}{key}.")
+            continue
+        default = info.get_default(call_default_factory=True)
+        same_type = type(default) is type(value) or (type(default) is float and type(value) is int)
+        if not (same_type and default == value):
+            found.append(f"{prefix}{key}: code default {default!r}, params.yaml {value!r}")
+    return found
+
+
+def test_code_defaults_equal_params_yaml():
+    """params.yaml is the one source of defaults: where a model has a default, it is the value params.yaml sets
+    (a run without params.yaml, or with a section left empty, computes what the committed params.yaml says)."""
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    found = default_mismatches(ExperimentParams, {k: params[k] for k in ("beta", "clients", "threads")}, "")
+    for name, model in section_models().items():
+        found += default_mismatches(model, params[name], f"{name}.")
+    assert not found, "code defaults that disagree with params.yaml:\n" + "\n".join(found)

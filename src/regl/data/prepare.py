@@ -35,7 +35,7 @@ class PrepareParams(Section):
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     image_size: int = Field(32, ge=8, le=1024)
     channels: Literal["auto", 1, 3] = "auto"
-    max_train: int | None = Field(None, ge=1)
+    max_train: int | None = Field(12000, ge=1)  # None = keep all
     max_test: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     public_fraction: float = Field(0.1, ge=0, lt=1)

@@ -21,7 +21,7 @@ from regl.training.loop import SGDParams, train_epochs
 
 class PersonalizeParams(SGDParams):
     epochs: int = Field(5, ge=0)
-    synthetic: bool = False
+    synthetic: bool = True
     seed: int = Field(0, ge=0)
     device: Device = "auto"
 

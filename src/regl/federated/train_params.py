@@ -55,7 +55,7 @@ class TrainParams(SGDParams):
 
     lr: float = Field(0.05, gt=0)
     algorithm: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
-    synthetic: bool = False
+    synthetic: bool = True  # ReGL: real + synthetic shards; False = real images only
     model: Literal["cnn", "resnet18"] = "cnn"
     rounds: int = Field(20, ge=1)
     local_epochs: int = Field(2, ge=1)
