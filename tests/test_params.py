@@ -118,7 +118,9 @@ def section_models() -> dict:
     from regl.generator.pretrain import GeneratorParams
     from regl.generator.sample import GenerateParams
 
-    return {"prepare": PrepareParams, "partition": PartitionParams, "generator": GeneratorParams,
+    from regl.training.compute import ComputeParams
+
+    return {"compute": ComputeParams, "prepare": PrepareParams, "partition": PartitionParams, "generator": GeneratorParams,
             "finetune": FinetuneParams, "generate": GenerateParams, "reference_classifier": ReferenceClassifierParams,
             "train": TrainParams, "personalize": PersonalizeParams, "evaluate": EvaluateParams}
 
@@ -150,3 +152,42 @@ def test_code_defaults_equal_params_yaml():
     for name, model in section_models().items():
         found += default_mismatches(model, params[name], f"{name}.")
     assert not found, "code defaults that disagree with params.yaml:\n" + "\n".join(found)
+
+
+# --- the compute section: written once, read by every stage that trains or scores ----------------------------
+def test_compute_keys_come_from_the_compute_section(tmp_path):
+    from regl.evaluation.scoring import EvaluateParams
+    from regl.federated.train_params import TrainParams
+
+    path = tmp_path / "params.yaml"
+    path.write_text("compute:\n  cache_mb: 7\n  precision: fp32\ntrain:\n  rounds: 3\nevaluate:\n  device: cpu\n")
+    train = load_section(path, "train", TrainParams)
+    assert (train.cache_mb, train.precision, train.rounds, train.scoring_batch) == (7, "fp32", 3, 256)
+    assert load_section(path, "evaluate", EvaluateParams).cache_mb == 7
+    path.write_text("train:\n  rounds: 3\n")  # no compute section: its defaults
+    assert load_section(path, "train", TrainParams).cache_mb == 64
+
+
+def test_a_compute_key_in_a_stage_section_or_a_bad_one_is_one_line(tmp_path):
+    from regl.federated.train_params import TrainParams
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  cache_mb: 7\n")
+    with pytest.raises(ReglError, match=r"unknown key train.cache_mb: it is set once for every stage, as "
+                                        r"compute.cache_mb") as info:
+        load_section(path, "train", TrainParams)
+    assert "\n" not in str(info.value)
+    path.write_text("compute:\n  cache_mb: -1\ntrain:\n  rounds: 3\n")
+    with pytest.raises(ReglError) as info:
+        load_section(path, "train", TrainParams)
+    assert str(info.value).endswith("compute.cache_mb = -1: must be >= 0 and <= 1048576")
+    path.write_text("compute: 3\n")
+    with pytest.raises(ReglError, match=r"compute = 3: must be a mapping of keys"):
+        load_section(path, "train", TrainParams)
+
+
+def test_compute_is_read_by_exactly_the_stages_that_train_or_score():
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    reading = {name for name, s in stages.items() if "compute" in (s.get("do") or s).get("params", [])}
+    assert reading == {"reference_classifier", "generator_quality", "federated_train", "personalize", "evaluate"}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import annotated_types
 import yaml
@@ -40,6 +41,11 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", **_STRICT)
 
+    # The top-level section whose keys this model's fields also take: params.yaml writes them once, there, and
+    # the loader copies them in; written in this model's own section they are an error (ComputeParams: `compute`,
+    # shared by every stage that trains or scores).
+    shared_section: ClassVar[str | None] = None
+
 
 class ExperimentParams(BaseModel):
     """The top-level keys: the skew strength, the clients taking part and the CPU threads each stage uses."""
@@ -61,10 +67,10 @@ class ExperimentParams(BaseModel):
         return ids
 
 
-# Every top-level key of params.yaml: the two shared keys and one section per stage. Anything else is a typo
-# (a misspelled section would otherwise leave its stage on the defaults without a word).
-TOP_LEVEL_KEYS = ("beta", "clients", "threads", "prepare", "partition", "generator", "finetune", "generate",
-                  "reference_classifier", "train", "personalize", "evaluate")
+# Every top-level key of params.yaml: the shared keys, the shared compute section and one section per stage.
+# Anything else is a typo (a misspelled section would otherwise leave its stage on the defaults without a word).
+TOP_LEVEL_KEYS = ("beta", "clients", "threads", "compute", "prepare", "partition", "generator", "finetune",
+                  "generate", "reference_classifier", "train", "personalize", "evaluate")
 
 T = TypeVar("T", bound=BaseModel)
 S = TypeVar("S", bound="Section")
@@ -176,16 +182,44 @@ def parse(model: type[T], raw: dict[str, Any], prefix: str = "", path: Path = DE
         raise ReglError(_one_line(exc, model, prefix, path, raw)) from None
 
 
-def load_experiment(path: str | Path = DEFAULT_PARAMS) -> ExperimentParams:
+@dataclass(frozen=True)
+class Params:
+    """A params file read once; its parts are validated when asked for."""
+
+    path: Path
+    data: dict[str, Any]
+
+    def experiment(self) -> ExperimentParams:
+        return parse(ExperimentParams, self.data, "", self.path)
+
+    def section(self, name: str, model: type[S]) -> S:
+        """The validated section ``name`` as ``model`` (missing keys take their defaults), with the keys of the
+        model's shared section (``model.shared_section``) taken from there."""
+        raw = self.data.get(name)
+        raw = {} if raw is None else raw  # `name:` with nothing under it: the defaults
+        shared = model.shared_section
+        if shared and shared != name and isinstance(raw, dict):
+            base = next(c for c in reversed(model.__mro__) if c.__dict__.get("shared_section") == shared)
+            written = next((k for k in raw if k in base.model_fields), None)
+            if written is not None:
+                raise ReglError(f"{self.path}: unknown key {name}.{written}: it is set once for every stage, "
+                                f"as {shared}.{written}")
+            raw = {**raw, **self.section(shared, base).model_dump()}
+        return parse(model, raw, name, self.path)
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
-    return parse(ExperimentParams, read_yaml(path), "", path)
+    return Params(path, read_yaml(path))
+
+
+def load_experiment(path: str | Path = DEFAULT_PARAMS) -> ExperimentParams:
+    return read_params(path).experiment()
 
 
 def load_section(path: str | Path, name: str, model: type[S]) -> S:
-    """The validated section ``name`` of params.yaml as ``model`` (missing keys take their defaults).
+    """The validated section ``name`` of params.yaml as ``model`` (see :meth:`Params.section`).
 
     Each section's model lives beside the code that reads it (PrepareParams in prepare.py, ...), so a stage
     depends on its own params model and this loader, not on every other stage's."""
-    path = Path(path)
-    raw = read_yaml(path).get(name)
-    return parse(model, {} if raw is None else raw, name, path)  # `name:` with nothing under it: the defaults
+    return read_params(path).section(name, model)

@@ -1,14 +1,16 @@
 """How a stage runs a classifier on its device: mixed precision, memory layout, data loading, scoring batch.
 
-``ComputeParams`` is the part of every classifier section (train, personalize, reference_classifier, evaluate)
-that changes speed and memory, not the recipe: on CPU the defaults leave every result what it was (fp32,
-contiguous, decoding in the stage's process).
+``ComputeParams`` is params.yaml's `compute` section, shared by every stage that trains or scores a classifier
+(reference_classifier, federated_train, personalize, generator_quality, evaluate): it changes speed and memory,
+not the recipe, and on CPU the defaults leave every result what it was (fp32, contiguous, decoding in the
+stage's process). Those stages' models (SGDParams, EvaluateParams) extend it, and the loader fills these fields
+from the `compute` section.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import ClassVar, Iterator, Literal
 
 import torch
 from pydantic import Field
@@ -20,6 +22,8 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ComputeParams(Section):
+    shared_section: ClassVar[str | None] = "compute"
+
     # auto: bf16 on CUDA, fp32 elsewhere | fp32 | bf16 (autocast) | fp16 (autocast and a gradient scaler)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # channels-last tensors for convolutions (faster with mixed precision on CUDA); auto: on CUDA only
