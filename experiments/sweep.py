@@ -6,7 +6,7 @@
     regl report --json experiments/results/grid.json                             # the tables
 
 A cell is a set of `-S` overrides over params.yaml (grids.yaml says which); a run is a cell at one seed, named
-``<row>-<column>-s<seed>``. A run is done when the export (or this clone's DVC) holds a finished run with the
+``<grid>-<row>-<column>-s<seed>``. A run is done when the export (or this clone's DVC) holds a finished run with the
 cell's params at that seed, whatever its name, so a cut-short sweep resumes and a fresh clone extends the
 committed export rather than rerunning it. Every run sets every key the grids file sets anywhere, so nothing
 leaks from the run before (`dvc exp run` leaves its params in the workspace), and gets `threads = cores //
@@ -24,6 +24,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -94,7 +96,11 @@ def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:
 def done_seeds(grids: Grids, cell: Cell, exported: list, names: set[str]) -> set[int]:
     """The seeds of ``cell`` that ran: finished runs with the cell's params in the export, or runs of the cell's
     name in the export or this clone's DVC."""
-    return {r.seed for r in grids.runs_of(cell, exported)} | {s for s in cell.seeds if f"{cell.name}-s{s}" in names}
+    return {r.seed for r in grids.runs_of(cell, exported)} | {s for s in cell.seeds if run_name(cell, s) in names}
+
+
+def run_name(cell: Cell, seed: int) -> str:
+    return f"{cell.grid}-{cell.name}-s{seed}"
 
 
 def exported_names(path: Path | None) -> set[str]:
@@ -111,9 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grids", type=Path, default=ROOT / "experiments" / "grids.yaml")
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--cells", nargs="*", help="only these cells (<row>-<column>, e.g. regl-m20)")
-    ap.add_argument("--seeds", type=int, nargs="+", help="these seeds instead of the cells' own")
+    ap.add_argument("--seeds", type=int, nargs="+", help="these seeds instead of the cells' own (a cell the grids "
+                    "file plans no seed of runs only when --cells names it)")
     ap.add_argument("--workers", type=int, default=1, help="experiments that will run side by side")
-    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores the workers share")
+    ap.add_argument("--cores", type=int, help="cores the workers share (default: params.yaml's threads, so that a "
+                    "run reuses the cached stages made at that thread count)")
     ap.add_argument("--queue", action="store_true", help="queue the runs (dvc queue start -j WORKERS)")
     ap.add_argument("--export", type=Path,
                     help="write `dvc exp show --json` (every commit's runs) here after every run")
@@ -127,13 +135,16 @@ def main(argv: list[str] | None = None) -> None:
              and (not args.cells or c.name in args.cells)]
     if args.cells and not cells:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")
-    threads = max(1, args.cores // args.workers)
+    cores = args.cores or int(yaml.safe_load(args.params.read_text()).get("threads", 1))
+    threads = max(1, cores // args.workers)
     names = exported_names(args.export) | (set() if args.dry_run else existing_names())
-    exported = read_runs(json.loads(args.export.read_text()))[0] if args.export and args.export.exists() else []
+    exported = read_runs(json.loads(args.export.read_text()), diverged=True)[0] \
+        if args.export and args.export.exists() else []
     todo, done, seen = [], 0, set()
     for cell in cells:
         ran = done_seeds(grids, cell, exported, names)
-        for seed in args.seeds or cell.seeds:
+        planned = cell.seeds or (() if not args.cells else args.seeds or ())
+        for seed in (args.seeds or cell.seeds) if planned else ():
             key = (tuple(sorted((k, repr(v)) for k, v in grids.identity(cell).items())), seed)
             if key in seen:  # the same cell in another grid
                 continue
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{done} run(s) done, {len(todo)} to run", flush=True)
     failed: list[str] = []
     for seed, cell in sorted(todo, key=lambda sc: sc[0]):  # seeds outermost: every cell has one run first
-        name = f"{cell.name}-s{seed}"
+        name = run_name(cell, seed)
         values = {**grids.run_params(cell), "train.seed": seed, "personalize.seed": seed, "threads": threads}
         cmd = ["dvc", "exp", "run", "-n", name] + (["--queue"] if args.queue else [])
         cmd += [arg for key, value in values.items() for arg in ("-S", f"{key}={value_arg(value)}")]
@@ -159,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"run {name} failed (its error is above); going on with the next", flush=True)
         if args.export and not args.queue:
             export(args.export)
+    if args.export and not todo and not args.dry_run and names - exported_names(args.export):
+        export(args.export)  # runs queued earlier have finished since: collect them
     if args.queue and todo and not args.dry_run:
         print(f"queued; start with: dvc queue start -j {args.workers}; then: regl report", flush=True)
     if failed:

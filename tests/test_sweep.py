@@ -36,17 +36,17 @@ COMMITTED = ROOT / "experiments" / "results" / "grid.json"
 
 def test_a_failed_run_is_reported_and_the_sweep_goes_on(dvc_calls):
     calls, fail = dvc_calls
-    fail.add("fedavg-m5-s0")
-    with pytest.raises(SystemExit, match="1 run\\(s\\) failed: fedavg-m5-s0"):
+    fail.add("table2-fedavg-m5-s0")
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed: table2-fedavg-m5-s0"):
         sweep.main(["table2", "--cells", "fedavg-m5", "regl-m5", "--seeds", "0"])
-    assert sorted(calls) == ["fedavg-m5-s0", "regl-m5-s0"]
+    assert sorted(calls) == ["table2-fedavg-m5-s0", "table2-regl-m5-s0"]
 
 
 def test_every_run_sets_every_key_the_grids_file_sets(dvc_calls):
     calls, _ = dvc_calls
     sweep.main(["ablations", "--cells", "regl-oracle", "--seeds", "7"])
     sweep.main(["table1", "--cells", "fedavg-iid-e2", "--seeds", "7"])
-    oracle, iid = calls["regl-oracle-s7"], calls["fedavg-iid-e2-s7"]
+    oracle, iid = calls["ablations-regl-oracle-s7"], calls["table1-fedavg-iid-e2-s7"]
     assert oracle["generate.oracle"] == "true" and iid["generate.oracle"] == "false"  # reset, not inherited
     assert iid["partition.scheme"] == "iid" and oracle["partition.scheme"] == "dirichlet"
     assert set(oracle) == set(iid) and {"train.seed", "personalize.seed", "threads"} <= set(oracle)
@@ -85,9 +85,9 @@ def _export(rev, *names, metric=0.5):
 
 def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_calls, monkeypatch):
     # a fresh clone's DVC knows none of the committed runs: its `dvc exp show --json` used to replace the file
-    committed = [_export("workspace"), _export("e2fcedf", "regl-m5-s0", "fedavg-m5-s0")]
-    shown = [_export("workspace"), _export("e2fcedf", "fedavg-m5-s0", metric=0.7),
-             _export("67b5637", "regl-m50-s0")]
+    committed = [_export("workspace"), _export("e2fcedf", "table2-regl-m5-s0", "table2-fedavg-m5-s0")]
+    shown = [_export("workspace"), _export("e2fcedf", "table2-fedavg-m5-s0", metric=0.7),
+             _export("67b5637", "one-class-regl-m50-s0")]
     path = tmp_path / "grid.json"
     path.write_text(json.dumps(committed))
     calls, _ = dvc_calls
@@ -104,10 +104,10 @@ def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_ca
     sweep.main(["table2", "--cells", "fedavg-m5", "regl-m5", "--seeds", "0", "1", "--export", str(path)])
     merged = json.loads(path.read_text())
     runs = {e["name"]: e["revs"][0]["data"]["metrics"]["m"] for c in merged for e in c["experiments"] or []}
-    assert runs == {"regl-m5-s0": 0.5, "fedavg-m5-s0": 0.7, "regl-m50-s0": 0.5}
+    assert runs == {"table2-regl-m5-s0": 0.5, "table2-fedavg-m5-s0": 0.7, "one-class-regl-m50-s0": 0.5}
     assert [c["rev"] for c in merged] == ["workspace", "e2fcedf", "67b5637"]
     # the committed runs were not run again
-    assert sorted(calls) == ["fedavg-m5-s1", "regl-m5-s1"]
+    assert sorted(calls) == ["table2-fedavg-m5-s1", "table2-regl-m5-s1"]
 
 
 def test_a_failed_run_in_the_export_is_run_again(tmp_path):
@@ -116,3 +116,27 @@ def test_a_failed_run_in_the_export_is_run_again(tmp_path):
     path = tmp_path / "grid.json"
     path.write_text(json.dumps(committed))
     assert sweep.exported_names(path) == {"regl-b0.01-s0"}
+
+
+def test_cells_of_two_grids_with_one_name_are_told_apart(dvc_calls, monkeypatch):
+    # table2 and one-class both have a column m20; table2's FedAdam at M = 20 has seeds 0-2, one-class's only 0
+    calls, _ = dvc_calls
+    monkeypatch.setattr(sweep, "export", lambda path: None)
+    sweep.main(["one-class", "--cells", "fedadam-m20", "--seeds", "0", "1", "2", "--export", str(COMMITTED)])
+    assert sorted(calls) == ["one-class-fedadam-m20-s1", "one-class-fedadam-m20-s2"]
+
+
+def test_seeds_do_not_run_the_cells_a_grid_leaves_out_unless_named(dvc_calls):
+    calls, _ = dvc_calls
+    sweep.main(["own-lr", "--seeds", "9"])  # own-lr plans seeds per cell; its other cells stay out
+    assert len(calls) == 10 and "own-lr-fedavg-e5-lr0.02-s9" not in calls
+    sweep.main(["own-lr", "--cells", "fedavg-e5-lr0.02", "--seeds", "9"])
+    assert "own-lr-fedavg-e5-lr0.02-s9" in calls
+
+
+def test_threads_default_to_params_yaml_not_the_machines_cores(dvc_calls, monkeypatch):
+    # another thread count changes the last bits, so DVC would rerun every computing stage of the cell
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 16)
+    calls, _ = dvc_calls
+    sweep.main(["table2", "--cells", "regl-m5", "--seeds", "4"])
+    assert calls["table2-regl-m5-s4"]["threads"] == "2"

@@ -110,9 +110,9 @@ def _error(entry: dict[str, Any]) -> str | None:
     return (err.get("msg") or err.get("type") or "error") if isinstance(err, dict) else (str(err) if err else None)
 
 
-def read_runs(exp_show: list[dict[str, Any]]) -> tuple[list[Run], list[str]]:
+def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[list[Run], list[str]]:
     """The runs that finished with training metrics, and a note for each record skipped (failed, diverged, no
-    metrics)."""
+    metrics). ``diverged``: keep the runs that finished with a NaN loss too (they ran: a sweep does not redo them)."""
     found, skipped = [], []
     for name, data, commit, error in _records(exp_show):
         params = flatten(_file(data, "params", "params.yaml"))
@@ -124,8 +124,8 @@ def read_runs(exp_show: list[dict[str, Any]]) -> tuple[list[Run], list[str]]:
                 skipped.append(f"{name}: no training metrics (train.json)")
             continue
         files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json")}
-        if diverged := _diverged(files["train.json"]):
-            skipped.append(f"{name}: {diverged}")
+        if (why := _diverged(files["train.json"])) and not diverged:
+            skipped.append(f"{name}: {why}")
             continue
         metrics = {col: _number(files[f].get(key)) for col, (f, key, *_) in METRICS.items()}
         if metrics["final"] is None:  # evaluate did not run: the trained model's own record
