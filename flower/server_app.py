@@ -1,7 +1,7 @@
 """The regl Flower App's ServerApp: on the SuperLink's side, the federated_train stage of the repository named by
-run config `workdir`, with its own paths (stages/federated_train.py), its clients on the SuperNodes."""
+run config `workdir` (regl.federated.flower_engine.serve_repository: its params.yaml, its files as its dvc.yaml
+names them), its clients on the SuperNodes."""
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from regl.core.errors import ReglError
 from regl.core.stage import report
+from regl.federated.flower_engine import serve_repository
 
 app = ServerApp()
 
@@ -26,12 +27,8 @@ class _OneLine(logging.Filter):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     workdir = Path(str(context.run_config.get("workdir", "")) or ".").expanduser().resolve()
-    script = workdir / "stages" / "federated_train.py"
-    spec = importlib.util.spec_from_file_location("federated_train_stage", script)
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
     try:
-        stage.train_on_flower(stage.Files().under(workdir), grid, logging.getLogger("regl.federated_train"))
+        serve_repository(grid, workdir, logging.getLogger("regl.federated_train"))
     except ReglError as exc:  # bad input, or a node that failed or dropped out: one line, and the run fails
         report(exc)
         logging.getLogger("flwr").addFilter(_OneLine())

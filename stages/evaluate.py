@@ -24,12 +24,13 @@ from regl.evaluation.scoring import (
 from regl.data.imageset import CacheBudget, open_images
 from regl.training.modelio import load_model
 from regl.data.naming import client_file, client_name
-from regl.core.params import load_experiment, load_section
+from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
 from regl.evaluation.plots import count_heatmap, heatmaps_side_by_side, save_figure
 from regl.data.shards import read_class_counts
-from regl.core.stage import stage, write_json
+from regl.core.stage import pipeline_paths, stage, write_json
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 def _counts(path: Path, num_classes: int) -> np.ndarray:
@@ -38,17 +39,17 @@ def _counts(path: Path, num_classes: int) -> np.ndarray:
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    model_file: Path = typer.Option(Path("models/global_model.safetensors")),
-    test_file: Path = typer.Option(Path("data/prepared/test.parquet")),
-    clients_dir: Path = typer.Option(Path("data/clients")),
-    synthetic_dir: Path = typer.Option(Path("data/synthetic")),
-    train_metrics: Path = typer.Option(Path("metrics/train.json")),
-    personal_metrics: Path = typer.Option(Path("metrics/personalize.json")),
-    metrics: Path = typer.Option(Path("metrics/eval.json")),
-    predictions_out: Path = typer.Option(Path("plots/predictions.csv")),
-    confusion_png: Path = typer.Option(Path("plots/confusion_matrix.png")),
-    distribution_png: Path = typer.Option(Path("plots/label_distribution_synthetic.png")),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    model_file: Path = typer.Option(PATHS.models.global_model),
+    test_file: Path = typer.Option(PATHS.data.prepared / "test.parquet"),
+    clients_dir: Path = typer.Option(PATHS.data.clients),
+    synthetic_dir: Path = typer.Option(PATHS.data.synthetic),
+    train_metrics: Path = typer.Option(PATHS.metrics.train),
+    personal_metrics: Path = typer.Option(PATHS.metrics.personalize),
+    metrics: Path = typer.Option(PATHS.metrics.eval),
+    predictions_out: Path = typer.Option(PATHS.plots.predictions),
+    confusion_png: Path = typer.Option(PATHS.plots.confusion_matrix),
+    distribution_png: Path = typer.Option(PATHS.plots.label_distribution_synthetic),
 ) -> None:
     with stage("evaluate", params) as log:
         exp = load_experiment(params)

@@ -15,20 +15,21 @@ from regl.generator.base import load_pipeline
 from regl.generator.lora import FinetuneParams, finetune, save_lora
 from regl.generator.sample import GenerateParams
 from regl.data.naming import client_file, client_name
-from regl.core.params import load_section
+from regl.core.params import DEFAULT_PARAMS, load_section
 from regl.data.shards import read_shard
-from regl.core.stage import stage
+from regl.core.stage import pipeline_paths, stage
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
     client: int = typer.Option(..., help="client id"),
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    generator: Path = typer.Option(Path("models/generator"), help="the base generator (pretrain_generator)"),
-    clients: Path = typer.Option(Path("data/clients"), help="client training shards"),
-    out: Path = typer.Option(Path("models/lora"), help="one adapter folder per client goes here"),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    generator: Path = typer.Option(PATHS.models.generator, help="the base generator (pretrain_generator)"),
+    clients: Path = typer.Option(PATHS.data.clients, help="client training shards"),
+    out: Path = typer.Option(PATHS.models.lora, help="one adapter folder per client goes here"),
 ) -> None:
     with stage("finetune_lora", params) as log:
         p = load_section(params, "finetune", FinetuneParams)

@@ -19,25 +19,26 @@ from regl.generator.generate import GenerateParams, synthesize
 from regl.generator.grid import sample_grid
 from regl.generator.oracle import oracle_grid, write_oracle
 from regl.data.naming import client_file, client_name
-from regl.core.params import load_section
+from regl.core.params import DEFAULT_PARAMS, load_section
 from regl.evaluation.plots import save_figure
 from regl.data.shards import write_shard
-from regl.core.stage import stage
+from regl.core.stage import pipeline_paths, stage
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
     client: int = typer.Option(..., help="client id"),
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    generator: Path = typer.Option(Path("models/generator"), help="the base generator"),
-    lora: Path = typer.Option(Path("models/lora"), help="the client adapters (finetune_lora)"),
-    clients: Path = typer.Option(Path("data/clients"), help="client training shards"),
-    out: Path = typer.Option(Path("data/synthetic"), help="synthetic shards"),
-    vanilla_out: Path = typer.Option(Path("data/vanilla"), help="LoRA-scale-0 comparison shards"),
-    grids: Path = typer.Option(Path("plots/generator"), help="sample grids"),
-    public: Path = typer.Option(Path("data/prepared/public.parquet"), help="public pool (generate.oracle only)"),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    generator: Path = typer.Option(PATHS.models.generator, help="the base generator"),
+    lora: Path = typer.Option(PATHS.models.lora, help="the client adapters (finetune_lora)"),
+    clients: Path = typer.Option(PATHS.data.clients, help="client training shards"),
+    out: Path = typer.Option(PATHS.data.synthetic, help="synthetic shards"),
+    vanilla_out: Path = typer.Option(PATHS.data.vanilla, help="LoRA-scale-0 comparison shards"),
+    grids: Path = typer.Option(PATHS.plots.generator, help="sample grids"),
+    public: Path = typer.Option(PATHS.data.prepared / "public.parquet", help="public pool (generate.oracle only)"),
 ) -> None:
     with stage("generate", params) as log:
         g = load_section(params, "generate", GenerateParams)

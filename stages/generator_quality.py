@@ -13,21 +13,22 @@ from regl.evaluation.scoring import EvaluateParams
 from regl.generator.quality import client_quality, quality_report
 from regl.data.imageset import CacheBudget, open_images
 from regl.data.naming import client_file, client_name
-from regl.core.params import load_experiment, load_section
+from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
 from regl.evaluation.reference_classifier import load_reference
-from regl.core.stage import stage, write_json
+from regl.core.stage import pipeline_paths, stage, write_json
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    clients: Path = typer.Option(Path("data/clients")),
-    synthetic: Path = typer.Option(Path("data/synthetic")),
-    vanilla: Path = typer.Option(Path("data/vanilla")),
-    reference: Path = typer.Option(Path("models/reference_classifier")),
-    metrics: Path = typer.Option(Path("metrics/generator.json")),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    clients: Path = typer.Option(PATHS.data.clients),
+    synthetic: Path = typer.Option(PATHS.data.synthetic),
+    vanilla: Path = typer.Option(PATHS.data.vanilla),
+    reference: Path = typer.Option(PATHS.models.reference_classifier),
+    metrics: Path = typer.Option(PATHS.metrics.generator),
 ) -> None:
     with stage("generator_quality", params) as log:
         exp = load_experiment(params)

@@ -11,24 +11,25 @@ import typer
 
 from regl.core.atomic import atomic_dir
 from regl.data.naming import client_file, client_name
-from regl.core.params import load_experiment, load_section
+from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
 from regl.data.partition import PartitionParams, local_test_view, split_clients, summary
 from regl.evaluation.plots import count_heatmap, save_figure
 from regl.core.seeding import rng
 from regl.data.shards import iter_rows, read_labels, read_meta, write_pieces
-from regl.core.stage import stage, write_json
+from regl.core.stage import pipeline_paths, stage, write_json
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    prepared: Path = typer.Option(Path("data/prepared"), help="folder with train.parquet and test.parquet"),
-    clients_out: Path = typer.Option(Path("data/clients"), help="client training shards"),
-    local_test_out: Path = typer.Option(Path("data/local_test"), help="client local test views"),
-    metrics: Path = typer.Option(Path("metrics/partition.json")),
-    plot: Path = typer.Option(Path("plots/label_distribution.png")),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    prepared: Path = typer.Option(PATHS.data.prepared, help="folder with train.parquet and test.parquet"),
+    clients_out: Path = typer.Option(PATHS.data.clients, help="client training shards"),
+    local_test_out: Path = typer.Option(PATHS.data.local_test, help="client local test views"),
+    metrics: Path = typer.Option(PATHS.metrics.partition),
+    plot: Path = typer.Option(PATHS.plots.label_distribution),
 ) -> None:
     with stage("partition") as log:
         exp = load_experiment(params)

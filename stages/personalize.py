@@ -18,26 +18,27 @@ from regl.core.device import resolve_device
 from regl.data.imageset import CacheBudget, open_images
 from regl.training.modelio import load_model, save_model
 from regl.data.naming import client_file, client_name
-from regl.core.params import load_experiment, load_section
+from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
 from regl.evaluation.personalize import PersonalizeParams, client_metrics, personalize, reported, summary
 from regl.evaluation.plots import class_accuracy_figure, save_figure
 from regl.data.shards import read_class_counts
-from regl.core.stage import stage, write_json
+from regl.core.stage import pipeline_paths, stage, write_json
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    model_file: Path = typer.Option(Path("models/global_model.safetensors")),
-    clients_dir: Path = typer.Option(Path("data/clients")),
-    synthetic_dir: Path = typer.Option(Path("data/synthetic")),
-    local_test_dir: Path = typer.Option(Path("data/local_test")),
-    test_file: Path = typer.Option(Path("data/prepared/test.parquet")),
-    models_out: Path = typer.Option(Path("models/personal")),
-    metrics: Path = typer.Option(Path("metrics/personalize.json")),
-    class_accuracy_dir: Path = typer.Option(Path("plots/class_accuracy")),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    model_file: Path = typer.Option(PATHS.models.global_model),
+    clients_dir: Path = typer.Option(PATHS.data.clients),
+    synthetic_dir: Path = typer.Option(PATHS.data.synthetic),
+    local_test_dir: Path = typer.Option(PATHS.data.local_test),
+    test_file: Path = typer.Option(PATHS.data.prepared / "test.parquet"),
+    models_out: Path = typer.Option(PATHS.models.personal),
+    metrics: Path = typer.Option(PATHS.metrics.personalize),
+    class_accuracy_dir: Path = typer.Option(PATHS.plots.class_accuracy),
 ) -> None:
     with stage("personalize", params) as log:
         exp = load_experiment(params)

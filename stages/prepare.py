@@ -5,18 +5,19 @@ from pathlib import Path
 import typer
 
 from regl.core.atomic import atomic_dir
-from regl.core.params import load_section
+from regl.core.params import DEFAULT_PARAMS, load_section
 from regl.data.prepare import PrepareParams, prepare
 from regl.data.sources import load_source
-from regl.core.stage import stage
+from regl.core.stage import pipeline_paths, stage
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    out: Path = typer.Option(Path("data/prepared"), help="output folder"),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    out: Path = typer.Option(PATHS.data.prepared, help="output folder"),
 ) -> None:
     with stage("prepare") as log:
         p = load_section(params, "prepare", PrepareParams)

@@ -15,19 +15,20 @@ from regl.core.device import resolve_device
 from regl.generator.base import MANIFEST, checkpoint_manifest
 from regl.generator.pretrain import GeneratorParams, pretrain_tiny
 from regl.generator.tinysd import write_vocabulary_files
-from regl.core.params import load_section
+from regl.core.params import DEFAULT_PARAMS, load_section
 from regl.data.shards import read_shard
-from regl.core.stage import stage
+from regl.core.stage import pipeline_paths, stage
 from regl.data.tensors import shard_tensors
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    public: Path = typer.Option(Path("data/prepared/public.parquet"), help="the public pool"),
-    out: Path = typer.Option(Path("models/generator"), help="the base generator folder"),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    public: Path = typer.Option(PATHS.data.prepared / "public.parquet", help="the public pool"),
+    out: Path = typer.Option(PATHS.models.generator, help="the base generator folder"),
 ) -> None:
     with stage("pretrain_generator", params) as log:
         g = load_section(params, "generator", GeneratorParams)

@@ -11,19 +11,20 @@ import typer
 from regl.core.atomic import atomic_dir
 from regl.evaluation.scoring import evaluate
 from regl.data.imageset import CacheBudget, open_images
-from regl.core.params import load_section
+from regl.core.params import DEFAULT_PARAMS, load_section
 from regl.evaluation.reference_classifier import ReferenceClassifierParams, save_reference, train_reference
-from regl.core.stage import stage, write_json
+from regl.core.stage import pipeline_paths, stage, write_json
 
 app = typer.Typer(add_completion=False)
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])  # as dvc.yaml names them
 
 
 @app.command()
 def main(
-    params: Path = typer.Option(Path("params.yaml"), help="params file"),
-    prepared: Path = typer.Option(Path("data/prepared"), help="folder with train.parquet and test.parquet"),
-    out: Path = typer.Option(Path("models/reference_classifier")),
-    metrics: Path = typer.Option(Path("metrics/reference_classifier.json")),
+    params: Path = typer.Option(DEFAULT_PARAMS, help="params file"),
+    prepared: Path = typer.Option(PATHS.data.prepared, help="folder with train.parquet and test.parquet"),
+    out: Path = typer.Option(PATHS.models.reference_classifier),
+    metrics: Path = typer.Option(PATHS.metrics.reference_classifier),
 ) -> None:
     with stage("reference_classifier", params) as log:
         p = load_section(params, "reference_classifier", ReferenceClassifierParams)

@@ -8,7 +8,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
+
+import yaml
 
 from regl.core.atomic import write_text
 from regl.core.errors import ReglError
@@ -36,6 +39,23 @@ def stage(name: str, params: Path | None = None) -> Iterator[logging.Logger]:
         report(exc)
         raise SystemExit(2) from None
     stage_log.info("done in %.1f s", time.perf_counter() - start)
+
+
+def pipeline_paths(root: str | Path) -> SimpleNamespace:
+    """The pipeline's files as the ``vars: paths`` block of ``root``/dvc.yaml names them, the one place they are
+    written: ``pipeline_paths(root).data.clients`` is ``Path("data/clients")``, relative to ``root``. The stage
+    scripts' path options default to these, and dvc.yaml's deps and outs use the same block."""
+    dvc_yaml = Path(root) / "dvc.yaml"
+    try:
+        spec = yaml.safe_load(dvc_yaml.read_text())
+        paths = next(v["paths"] for v in spec["vars"] if isinstance(v, dict) and "paths" in v)
+        return _as_paths(paths)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError, StopIteration):
+        raise ReglError(f"{dvc_yaml}: no `vars: - paths:` block naming the pipeline's files") from None
+
+
+def _as_paths(node: dict) -> SimpleNamespace:
+    return SimpleNamespace(**{k: _as_paths(v) if isinstance(v, dict) else Path(v) for k, v in node.items()})
 
 
 def use_threads(count: int) -> None:

@@ -29,8 +29,10 @@ from regl.core.errors import ReglError
 from regl.federated.algorithm import ClientResult
 from regl.federated.engine import local_update
 from regl.federated.registry import build_algorithm
-from regl.federated.train import RunSetup
-from regl.federated.train_params import FlowerParams
+from regl.core.params import DEFAULT_PARAMS, read_params
+from regl.core.stage import pipeline_paths
+from regl.federated.train import RunSetup, StageFiles, read_setup, train_and_write
+from regl.federated.train_params import FlowerParams, TrainParams
 from regl.federated.weights import Weights
 from regl.data.imageset import CacheBudget
 
@@ -227,6 +229,24 @@ def _train(msg: Message, context: Context) -> Message:
                                   "num-real": result.num_real,
                                   **{f"extra.{k}": float(v) for k, v in numbers.items()}})
     return Message(reply, reply_to=msg)
+
+
+# --- server side: the federated_train stage with Flower's clients -------------------------------------------
+def train_on_flower(files: StageFiles, clients: list[int], p: TrainParams, grid: Grid,
+                    stage_log: logging.Logger) -> None:
+    """The ServerApp's body. A Flower run does not resume: the clients' state lives on the nodes."""
+    setup, test = read_setup(files, p, clients, CacheBudget(p.cache_mb))
+    device = resolve_device(p.device)
+    runner = FlowerClients(grid, setup, device, files.clients_dir, files.synthetic_dir)
+    train_and_write(files, setup, test, build_algorithm(p), runner, device, None, stage_log)
+
+
+def serve_repository(grid: Grid, workdir: Path, stage_log: logging.Logger) -> None:
+    """The regl Flower App's ServerApp (flower/server_app.py): the federated_train stage of the repository at
+    ``workdir``, its params.yaml and its files as its dvc.yaml names them, the clients on the SuperNodes."""
+    params = read_params(workdir / DEFAULT_PARAMS)
+    exp, p = params.experiment(), params.section("train", TrainParams)
+    train_on_flower(StageFiles.of(pipeline_paths(workdir), workdir), exp.clients, p, grid, stage_log)
 
 
 # --- runtime ----------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Stage federated_train's work: the round loop over a federation, and what the stage reports of it.
 
 ``train`` is the one training function: the stage calls it with in-process clients, the Flower ServerApp with
-Flower's (the stage builds both; see stages/federated_train.py). It resumes from a checkpoint when one holds
-this run's state.
+Flower's (regl.federated.flower_engine.train_on_flower). It resumes from a checkpoint when one holds this run's
+state. ``read_setup`` and ``train_and_write`` are the stage's body around it, shared by both engines.
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from regl.core.atomic import write_text
 from regl.core.checkpoint import Checkpoint
+from regl.core.stage import write_json
 from regl.training.compute import ComputeParams
 from regl.core.errors import ReglError
 from regl.evaluation.scoring import evaluate
@@ -25,12 +29,60 @@ from regl.federated.algorithm import Algorithm
 from regl.federated.engine import ClientRunner, Federation
 from regl.federated.registry import projection_dim
 from regl.federated.train_params import TrainParams
-from regl.data.imageset import Images
+from regl.data.imageset import CacheBudget, Images, ShardImages, open_images
+from regl.training.modelio import save_model
 from regl.training.models import build_model
 from regl.core.seeding import derive_seed
 from regl.training.loop import samples_seen
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """The federated_train stage's inputs and outputs."""
+
+    clients_dir: Path
+    synthetic_dir: Path
+    test_file: Path
+    model_out: Path
+    metrics: Path
+    curve_out: Path
+
+    @classmethod
+    def of(cls, paths: SimpleNamespace, root: Path = Path(".")) -> StageFiles:
+        """The stage's files among the pipeline's (``regl.core.stage.pipeline_paths``), under ``root``."""
+        return cls(root / paths.data.clients, root / paths.data.synthetic, root / paths.data.prepared / "test.parquet",
+                   root / paths.models.global_model, root / paths.metrics.train, root / paths.metrics.train_curve)
+
+
+def read_setup(files: StageFiles, p: TrainParams, clients: list[int],
+               budget: CacheBudget) -> tuple[RunSetup, ShardImages]:
+    """What every client and the server agree on, read from the test split; and the test split."""
+    test = open_images([files.test_file], budget=budget)
+    if not len(test):
+        raise ReglError(f"{files.test_file}: holds no images; re-run prepare (dvc repro prepare)")
+    size, _, channels = test.shape
+    return RunSetup(p, clients, channels, len(test.class_names), size), test
+
+
+def train_and_write(files: StageFiles, setup: RunSetup, test: ShardImages, algorithm: Algorithm,
+                    runner: ClientRunner, device: torch.device, checkpoint: Checkpoint | None,
+                    stage_log: logging.Logger) -> None:
+    """Train (either engine's ``runner``) and write the global model, metrics/train.json and the curve."""
+    p = setup.params
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    fed = make_federation(setup, algorithm, runner, device)
+    real, synthetic = runner.image_counts()
+    stage_log.info("%s on %s (%s engine): %d clients, %d real + %d synthetic images, %d rounds", p.algorithm,
+                   device, p.engine, len(setup.clients), real, synthetic, p.rounds)
+    result = train(fed, p.rounds, test, checkpoint, p)
+    save_model(files.model_out, result.federation.model, model_arch(setup))
+    write_json(files.metrics, train_metrics(setup, result.curve, real, synthetic))
+    write_text(files.curve_out, curve_csv(result.curve))
+    if checkpoint:
+        checkpoint.remove()
+    stage_log.info("final test accuracy %.4f after %d rounds", result.curve[-1]["accuracy"], p.rounds)
 
 
 @dataclass(frozen=True)
