@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     exp = load_experiment(args.params)
-    p = TrainParams(algorithm=args.algorithm, client_fraction=1.0, local_epochs=1)
+    p = TrainParams(algorithm=args.algorithm, client_fraction=1.0, local_epochs=1, synthetic=False)
     clients = [load_client(c, Path("data/clients"), Path("data/synthetic"), False, channels=1) for c in exp.clients]
     size = clients[0].images.shape[0]
     setup = RunSetup(p, exp.clients, 1, 10, size)

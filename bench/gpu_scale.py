@@ -4,7 +4,7 @@ of a few thousand 512 px images through the chunked generate path. Prints one JS
 1. ``classifier``: a FedAvg round of torchvision's ResNet-18 at 224 px on colour images (4 clients, one local
    epoch each, the global model averaged), in torch directly: images/s and peak GPU memory in fp32, fp32
    channels-last, bf16 and fp16 (autocast; fp16 with a gradient scaler) channels-last.
-2. ``stage``: where ``train.precision`` exists (issue 12's classifier side), the federated_train stage itself on
+2. ``stage``: the federated_train stage itself (``compute.precision`` fp32 / bf16 / fp16) on
    224 px shards that prepare and partition wrote, one round per precision: seconds and peak GPU memory.
 3. ``generate``: a randomly initialised pipeline of Stable Diffusion 1.5's sizes (bench/gpu_sd15.py builds it, no
    downloads) behind a manifest, a LoRA saved from a few fine-tuning steps, then ``synthesize`` — what
@@ -157,7 +157,7 @@ def classifier_bench(args, dev) -> list[dict]:
     return rows
 
 
-# --- 2. the federated_train stage, where the classifier side has precision params ------------------------------
+# --- 2. the federated_train stage at each compute.precision ------------------------------
 
 
 def run_stage(name: str, args: list[str]) -> None:
@@ -171,11 +171,6 @@ def run_stage(name: str, args: list[str]) -> None:
 
 def federated_stage_bench(args, dev, root: Path) -> dict:
     """The stage itself, one round per precision, on shards prepare and partition wrote at ``args.side`` px."""
-    from regl.federated.train_params import TrainParams
-
-    fields = TrainParams.model_fields
-    if "precision" not in fields:
-        return {"skipped": "train.precision is not a param yet (issue 12's classifier side)"}
     from prepare_bench import make_source
 
     work = root / "stage"
@@ -195,9 +190,7 @@ def federated_stage_bench(args, dev, root: Path) -> dict:
                             str(work / "partition.json"), "--plot", str(work / "partition.png")])
     rows = []
     for precision in ("fp32", "bf16", "fp16") if dev.type == "cuda" else ("fp32",):
-        params["train"]["precision"] = precision
-        if "channels_last" in fields:
-            params["train"]["channels_last"] = dev.type == "cuda"
+        params["compute"] = {"precision": precision, "channels_last": dev.type == "cuda"}
         path.write_text(yaml.safe_dump(params))
         reset_peak(dev)
         start = time.perf_counter()

@@ -89,8 +89,7 @@ def build(folder: Path, n_train: int, template: Path, cache_mb: int | None) -> N
     if "evaluate" in params:
         params["evaluate"]["device"] = "cpu"
     if cache_mb is not None:
-        for section in ("train", "personalize", "evaluate"):
-            params[section]["cache_mb"] = cache_mb
+        params["compute"]["cache_mb"] = cache_mb
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     two = dict(params, clients=[0, 1])  # personalize (and evaluate after it): two clients
     (folder / "params_two.yaml").write_text(yaml.safe_dump(two))
