@@ -1,6 +1,7 @@
 """Per-client LoRA on the U-Net: diffusers' text-to-image LoRA recipe, sized by params.
 
-Freeze VAE, text encoder and U-Net; ``unet.add_adapter(LoraConfig(...))``; noise-prediction MSE on the client's
+Freeze VAE, text encoder and U-Net; ``unet.add_adapter(LoraConfig(...))``; the base's denoising loss (its
+scheduler's prediction type, Min-SNR-γ weighted when ``finetune.snr_gamma`` is set) on the client's
 own images captioned with ``caption``; optionally prior preservation (images the base model generated of the
 classes the client lacks, trained on alongside). Saved with ``save_lora_weights``, loaded with
 ``load_lora_weights``. On CUDA it trains with fp16 mixed precision through accelerate. The prior images are
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from regl.core.errors import ReglError
+from regl.generator.objective import denoising_loss
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import encode_moments, to_model
 from regl.generator.text import encode, has_class_slot
@@ -49,6 +50,7 @@ class FinetuneParams(Section):
     empty_caption_share: float = Field(0.1, ge=0, lt=1)
     prior_images_per_class: int = Field(0, ge=0)
     prior_guidance_scale: float = Field(5.0, ge=0)
+    snr_gamma: float | None = Field(None, gt=0)  # Min-SNR-γ loss weighting (regl.generator.objective); null = off
     seed: int = Field(0, ge=0)
 
     _caption = field_validator("caption")(classmethod(lambda cls, v: has_class_slot(v)))
@@ -125,7 +127,7 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
         rows = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share, empty, y[idx])
         with accelerator.autocast():
             pred = unet(scheduler.add_noise(z, noise, t), t, cond[rows.to(dev)]).sample
-        return F.mse_loss(pred.float(), noise)
+        return denoising_loss(scheduler, pred, z, noise, t, cfg.snr_gamma)
 
     losses = []
     for _ in tqdm(range(cfg.steps), desc=f"lora client {client}", mininterval=5):

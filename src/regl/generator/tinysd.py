@@ -115,18 +115,19 @@ def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 64, layers: int = 
         pad_token_id=tokenizer.pad_token_id))
 
 
-def build_scheduler() -> DDPMScheduler:
-    """Stable Diffusion's training noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps, epsilon)."""
+def build_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """Stable Diffusion's training noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps); the U-Net
+    predicts ``prediction_type`` (epsilon, or v_prediction as in Stable Diffusion 2's 768 px models)."""
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False)
+                         beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False)
 
 
 def assemble(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-             unet: UNet2DConditionModel) -> StableDiffusionPipeline:
+             unet: UNet2DConditionModel, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
     """The components as a StableDiffusionPipeline (no safety checker: there is nothing for it to check)."""
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+                                   scheduler=build_scheduler(prediction_type), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
 
 
 def num_params(module: torch.nn.Module) -> int:
