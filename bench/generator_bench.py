@@ -1,21 +1,26 @@
-"""Benchmark the generator on the embedded default, and compare LoRA recipes.
+"""Benchmark the generator on the embedded default: pre-training recipes and LoRA recipes compared.
 
 Needs `dvc repro pretrain_generator reference_classifier partition` first (it reads models/generator,
-models/reference_classifier and data/clients). Reports, on this machine:
+models/reference_classifier, data/prepared/public.parquet and data/clients). Reports, on this machine:
 
 - generation throughput (images/s, generate.* defaults: guidance, scheduler, steps, batch);
-- for each LoRA recipe below, on a few clients: fine-tune seconds per client, the adapted images'
+- for each LoRA recipe in RECIPES, on a few clients: fine-tune seconds per client, the adapted images'
   classifiability (all classes, and the client's own), and the Fréchet distance of the client's real images
   to vanilla (LoRA scale 0) vs adapted images, same seeds;
-- with --pretrain, the seconds to pre-train tiny-sd with the params in params.yaml (minutes).
+- with --pretrain-recipes, for each tiny-sd pre-training recipe in PRETRAIN_RECIPES (overrides of params.yaml's
+  `generator` section): its CPU seconds (process time, all threads) and wall seconds, the base model's images
+  (classifiability, Fréchet distance to the real public pool) and the default LoRA's adapted images on
+  --clients (as above). "default" reuses models/generator (its seconds are the stage's, not measured here).
 
     python bench/generator_bench.py [--clients 0 1 3 5] [--images-per-class 20] [--recipes all] [--out FILE]
+    python bench/generator_bench.py --recipes none --pretrain-recipes all --clients 1 3 5 --out bench/results/pretrain_recipes.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,14 +29,16 @@ import numpy as np
 from regl.generator.base import load_pipeline
 from regl.generator.lora import FinetuneParams, finetune
 from regl.generator.pretrain import GeneratorParams
-from regl.generator.quality import client_quality
+from regl.generator.quality import client_quality, frechet_distance
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import to_data
 from regl.data.images import encode_many
+from regl.data.imageset import open_images
 from regl.data.naming import client_file, client_name
-from regl.core.params import DEFAULT_PARAMS, load_section
+from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
 from regl.evaluation.reference_classifier import load_reference
-from regl.data.shards import Shard, read_shard
+from regl.evaluation.scoring import accuracy, embed, predicted_classes
+from regl.data.shards import Shard, read_shard, write_shard
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 CONV = ATTENTION + ("conv1", "conv2")
@@ -50,8 +57,23 @@ RECIPES = {
 }
 
 
-def as_shard(pixels: np.ndarray, labels: np.ndarray, names: list[str]) -> Shard:
-    return Shard(encode_many(pixels), labels, names)
+# Overrides of params.yaml's `generator` section. "default" is models/generator as the stage made it.
+PRETRAIN_RECIPES = {
+    "default": {},
+    "800 steps": {"unet_steps": 800},
+    "800 steps, Min-SNR 5": {"unet_steps": 800, "snr_gamma": 5.0},
+    "800 steps, v-pred, Min-SNR 5": {"unet_steps": 800, "prediction_type": "v_prediction", "snr_gamma": 5.0},
+    "800 steps, v-pred, Min-SNR 5, lr 2e-3": {"unet_steps": 800, "prediction_type": "v_prediction",
+                                               "snr_gamma": 5.0, "lr": 2e-3},
+    "800 steps, Min-SNR 5, VAE 100": {"unet_steps": 800, "snr_gamma": 5.0, "vae_steps": 100},
+}
+
+
+def as_images(pixels: np.ndarray, labels: np.ndarray, names: list[str], folder: Path):
+    """Generated pixels as the dataset type the quality functions read (a shard in ``folder``)."""
+    path = Path(tempfile.mkstemp(suffix=".parquet", dir=folder)[1])
+    write_shard(path, Shard(encode_many(pixels), np.asarray(labels, np.int64), names))
+    return open_images([path])
 
 
 def throughput(pipe, cfg: GenerateParams, names: list[str], n: int) -> float:
@@ -63,22 +85,24 @@ def throughput(pipe, cfg: GenerateParams, names: list[str], n: int) -> float:
 
 
 def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, scale: float, clients: list[int],
-               per_class_n: int, model, generator: Path) -> dict:
+               per_class_n: int, model, generator: Path, scratch: Path) -> dict:
     cfg = base.model_copy(update=overrides)
     rows, times = {}, []
     for c in clients:
-        real = read_shard(client_file(Path("data/clients"), c))
-        names, pixels = real.class_names, real.pixels()
+        shard = read_shard(client_file(Path("data/clients"), c))
+        real = open_images([client_file(Path("data/clients"), c)])
+        names, pixels = shard.class_names, shard.pixels()
         size, ch = pixels.shape[1], pixels.shape[3]
         pipe = load_pipeline(generator)
         prompts, latents, labels = per_class(pipe, sample.prompt, names, [per_class_n] * len(names), 0, "bench", c)
         own = np.isin(labels, np.flatnonzero(real.class_counts() > 0))
         vanilla = to_data(generate(pipe, [p for p, o in zip(prompts, own) if o], latents[own], sample), size, ch)
         start = time.perf_counter()
-        finetune(pipe, pixels, real.labels, names, cfg, GenerateParams(), c)
+        finetune(pipe, pixels, shard.labels, names, cfg, GenerateParams(), c)
         times.append(time.perf_counter() - start)
         adapted = to_data(generate(pipe, prompts, latents, sample, scale), size, ch)
-        q, _ = client_quality(model, real, as_shard(adapted, labels, names), as_shard(vanilla, labels[own], names))
+        q, _ = client_quality(model, real, as_images(adapted, labels, names, scratch),
+                              as_images(vanilla, labels[own], names, scratch))
         rows[client_name(c)] = {k: q[k] for k in ("classifiability", "classifiability_own_classes",
                                                   "classifiability_own_classes_vanilla", "frechet_vanilla",
                                                   "frechet_adapted")}
@@ -93,6 +117,47 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
             "per_client": rows}
 
 
+def base_quality(generator: Path, sample: GenerateParams, per_class_n: int, model, reference, scratch: Path) -> dict:
+    """The base model's own images (no adapter): classifiability, and Fréchet distance to ``reference`` (real
+    images, embedded)."""
+    pipe = load_pipeline(generator)
+    names = reference.class_names
+    prompts, latents, labels = per_class(pipe, sample.prompt, names, [per_class_n] * len(names), 0, "bench-base")
+    size, ch = reference.shape[0], reference.shape[2]
+    images = as_images(to_data(generate(pipe, prompts, latents, sample), size, ch), labels, names, scratch)
+    fd = frechet_distance(embed(model, reference).numpy(), embed(model, images).numpy())
+    return {"base_classifiability": round(accuracy(labels, predicted_classes(model, images)), 3),
+            "base_frechet_to_real": round(fd, 1)}
+
+
+def pretrain_recipe(name: str, overrides: dict, folder: Path) -> dict:
+    """Pre-train tiny-sd with params.yaml's `generator` section plus ``overrides`` into ``folder``, as the stage
+    does; "default" (no overrides) reuses models/generator."""
+    import torch
+
+    from regl.generator.base import MANIFEST
+    from regl.generator.pretrain import pretrain_tiny
+    from regl.generator.tinysd import write_vocabulary_files
+    from regl.data.tensors import shard_tensors
+
+    if not overrides:
+        return {"generator": "models/generator", "cpu_s": None, "wall_s": None}
+    cfg = load_section(DEFAULT_PARAMS, "generator", GeneratorParams).model_copy(update=overrides)
+    cfg = GeneratorParams.model_validate(cfg.model_dump())
+    pool = read_shard("data/prepared/public.parquet")
+    torch.set_num_threads(load_experiment(DEFAULT_PARAMS).threads)
+    cpu, wall = time.process_time(), time.perf_counter()
+    pipe = pretrain_tiny(*shard_tensors(pool), pool.class_names, cfg)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    folder.mkdir(parents=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    write_vocabulary_files(pipe.tokenizer, folder / "tokenizer")
+    (folder / MANIFEST).write_text(json.dumps({"kind": "tiny", "class_names": pool.class_names,
+                                               "public_style": cfg.public_style}))
+    print(f"{name}: pre-trained in {cpu:.0f} CPU s, {wall:.0f} s wall", flush=True)
+    return {"generator": str(folder), "cpu_s": round(cpu, 1), "wall_s": round(wall, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[0, 1, 3, 5])
@@ -100,6 +165,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=["all"], help="names from RECIPES, all, or none (budgets only)")
     parser.add_argument("--throughput-images", type=int, default=500)
     parser.add_argument("--pretrain", action="store_true", help="also time a full tiny-sd pre-training")
+    parser.add_argument("--pretrain-recipes", nargs="*", default=[],
+                        help="names from PRETRAIN_RECIPES, or all: pre-train each and measure its images")
     parser.add_argument("--generator", type=Path, default=Path("models/generator"), help="base generator folder")
     parser.add_argument("--out", type=Path, default=Path("bench/results/generator.json"))
     args = parser.parse_args()
@@ -120,23 +187,42 @@ def main() -> None:
         results["pretrain_s"] = round(time.perf_counter() - start, 1)
         print(f"pretrain: {results['pretrain_s']} s")
 
-    pipe = load_pipeline(args.generator)
-    rate = throughput(pipe, sample, config["class_names"], args.throughput_images)
-    results["generation_images_per_s"] = round(rate, 1)
-    print(f"generation: {results['generation_images_per_s']} images/s "
-          f"({g.scheduler}, {g.steps} steps, guidance {g.guidance_scale}, batch {g.batch_size})")
+    scratch = Path(tempfile.mkdtemp(prefix="regl-generator-bench-"))
+    if args.throughput_images:
+        pipe = load_pipeline(args.generator)
+        rate = throughput(pipe, sample, config["class_names"], args.throughput_images)
+        results["generation_images_per_s"] = round(rate, 1)
+        print(f"generation: {results['generation_images_per_s']} images/s "
+              f"({g.scheduler}, {g.steps} steps, guidance {g.guidance_scale}, batch {g.batch_size})")
 
-    names = list(RECIPES) if args.recipes == ["all"] else args.recipes
+    names = {"all": list(RECIPES), "none": []}.get(" ".join(args.recipes), args.recipes)
     results["recipes"] = {}
     header = f"{'recipe':<36}{'ft s':>6}{'class.':>8}{'own':>7}{'own van':>8}{'FD van':>9}{'FD ad':>9}{'closer':>8}"
-    print(header)
+    if names:
+        print(header)
     for name in names:
         r = run_recipe(RECIPES[name], base, sample, g.lora_scale, args.clients, args.images_per_class, model,
-                       args.generator)
+                       args.generator, scratch)
         results["recipes"][name] = r
         print(f"{name:<36}{r['finetune_s_per_client']:>6}{r['classifiability']:>8}{r['own_classes']:>7}"
               f"{r['own_classes_vanilla']:>8}{r['frechet_vanilla_mean']:>9}{r['frechet_adapted_mean']:>9}"
               f"{r['adapted_closer']:>5}/{len(args.clients)}", flush=True)
+        save(args, results)
+
+    pretrain_names = list(PRETRAIN_RECIPES) if args.pretrain_recipes == ["all"] else args.pretrain_recipes
+    results["pretrain_recipes"] = {}
+    reference = open_images(["data/prepared/public.parquet"])
+    for name in pretrain_names:
+        r = pretrain_recipe(name, PRETRAIN_RECIPES[name], scratch / f"pretrain-{len(results['pretrain_recipes'])}")
+        r.update(base_quality(Path(r["generator"]), sample, args.images_per_class, model, reference, scratch))
+        lora = run_recipe({}, base, sample, g.lora_scale, args.clients, args.images_per_class, model,
+                          Path(r["generator"]), scratch)
+        r.update({"overrides": PRETRAIN_RECIPES[name], "lora": lora})
+        results["pretrain_recipes"][name] = r
+        print(f"{name:<40} CPU {r['cpu_s']} s, wall {r['wall_s']} s | base: classifiability "
+              f"{r['base_classifiability']}, FD to real {r['base_frechet_to_real']} | adapted: classifiability "
+              f"{lora['classifiability']}, FD vanilla {lora['frechet_vanilla_mean']} -> adapted "
+              f"{lora['frechet_adapted_mean']}, closer {lora['adapted_closer']}/{len(args.clients)}", flush=True)
         save(args, results)
     save(args, results)
 

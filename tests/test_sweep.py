@@ -53,12 +53,24 @@ def test_every_run_sets_every_key_the_grids_file_sets(dvc_calls):
     assert oracle["train.seed"] == oracle["personalize.seed"] == "7"
 
 
+GRIDS_RUN = ["table1", "table2", "one-class", "own-lr", "ablations"]
+
+
 def test_the_committed_export_holds_every_run_the_grids_ask_for(capsys, monkeypatch):
-    # what a fresh clone's `python experiments/sweep.py --export experiments/results/grid.json` does: nothing
+    # what a fresh clone's `python experiments/sweep.py <grid> --export experiments/results/grid.json` does for
+    # every grid the committed results cover: nothing
     monkeypatch.setattr(sweep, "existing_names", lambda: set())
-    sweep.main(["--export", str(COMMITTED), "--dry-run"])
+    sweep.main([*GRIDS_RUN, "--export", str(COMMITTED), "--dry-run"])
     out = capsys.readouterr().out
     assert out.startswith("139 run(s) done, 0 to run") and "dvc exp run" not in out
+
+
+def test_the_domain_gap_grid_reuses_the_default_styles_runs(capsys, monkeypatch):
+    # its lowcontrast column is the ablations grid's default and lora-scale-0 cells: only the other styles run
+    monkeypatch.setattr(sweep, "existing_names", lambda: set())
+    sweep.main(["domain-gap", "--export", str(COMMITTED), "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith("6 run(s) done, 18 to run") and "public_style=lowcontrast" not in out
 
 
 def test_a_run_is_done_by_its_params_whatever_its_name(tmp_path, dvc_calls):
