@@ -60,12 +60,12 @@ RECIPES = {
 # Overrides of params.yaml's `generator` section. "default" is models/generator as the stage made it.
 PRETRAIN_RECIPES = {
     "default": {},
-    "800 steps": {"unet_steps": 800},
-    "800 steps, Min-SNR 5": {"unet_steps": 800, "snr_gamma": 5.0},
-    "800 steps, v-pred, Min-SNR 5": {"unet_steps": 800, "prediction_type": "v_prediction", "snr_gamma": 5.0},
-    "800 steps, v-pred, Min-SNR 5, lr 2e-3": {"unet_steps": 800, "prediction_type": "v_prediction",
+    "600 steps": {"unet_steps": 600},
+    "600 steps, Min-SNR 5": {"unet_steps": 600, "snr_gamma": 5.0},
+    "600 steps, v-pred, Min-SNR 5": {"unet_steps": 600, "prediction_type": "v_prediction", "snr_gamma": 5.0},
+    "600 steps, v-pred, Min-SNR 5, lr 2e-3": {"unet_steps": 600, "prediction_type": "v_prediction",
                                                "snr_gamma": 5.0, "lr": 2e-3},
-    "800 steps, Min-SNR 5, VAE 100": {"unet_steps": 800, "snr_gamma": 5.0, "vae_steps": 100},
+    "600 steps, Min-SNR 5, VAE 100": {"unet_steps": 600, "snr_gamma": 5.0, "vae_steps": 100},
 }
 
 
