@@ -6,9 +6,10 @@
     regl report --json experiments/results/grid.json                             # the tables
 
 A cell is a set of `-S` overrides over params.yaml (grids.yaml says which); a run is a cell at one seed, named
-``<grid>-<row>-<column>-s<seed>``. A run is done when the export (or this clone's DVC) holds a finished run with the
-cell's params at that seed, whatever its name, so a cut-short sweep resumes and a fresh clone extends the
-committed export rather than rerunning it. Every run sets every key the grids file sets anywhere, so nothing
+``<grid>-<row>-<column>-s<seed>``. A run is done when the export holds a finished run with the cell's params at
+that seed, whatever its name (or this clone's DVC a run of its name), so a cut-short sweep resumes and a fresh
+clone extends the committed export rather than rerunning it; a run made under another params.yaml (a changed
+default the cell's runs read) is not done. Every run sets every key the grids file sets anywhere, so nothing
 leaks from the run before (`dvc exp run` leaves its params in the workspace), and gets `threads = cores //
 workers`: N experiments side by side, each at full thread count, spin-wait on shared cores. With `--export FILE`,
 `dvc exp show --json` of every commit the runs were made from is merged into FILE after every finished run
@@ -95,7 +96,7 @@ def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:
 
 def done_seeds(grids: Grids, cell: Cell, exported: list, names: set[str]) -> set[int]:
     """The seeds of ``cell`` that ran: finished runs with the cell's params in the export, or runs of the cell's
-    name in the export or this clone's DVC."""
+    name in this clone's DVC."""
     return {r.seed for r in grids.runs_of(cell, exported)} | {s for s in cell.seeds if run_name(cell, s) in names}
 
 
@@ -137,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")
     cores = args.cores or int(yaml.safe_load(args.params.read_text()).get("threads", 1))
     threads = max(1, cores // args.workers)
-    names = exported_names(args.export) | (set() if args.dry_run else existing_names())
+    # A committed run counts by its params only: one of the cell's name made under an older params.yaml (another
+    # pre-training recipe) is not the cell's run any more. A name in this clone's DVC counts (queued or running).
+    names = set() if args.dry_run else existing_names()
     exported = read_runs(json.loads(args.export.read_text()), diverged=True)[0] \
         if args.export and args.export.exists() else []
     todo, done, seen = [], 0, set()

@@ -128,6 +128,27 @@ def test_a_key_an_older_run_lacks_counts_as_its_params_yaml_value():
     assert [r.name for r in g.runs_of(g.cells["t1/regl/b0.01"], runs_of(rev("old", old, 0.7, 0.7, 0.9)))] == ["old"]
 
 
+def test_a_changed_default_leaves_older_runs_out_only_of_the_cells_it_changes():
+    # Runs made under the old pre-training recipe (generator.unet_steps 2500) and rounds (20), then params.yaml
+    # moves on. The generator's sections are read only through synthetic images: FedAvg's run stays, ReGL's goes;
+    # a key every method reads (train.rounds) takes every older run out.
+    from regl.report import flatten
+    old = {**BASE, "generator": {"unet_steps": 2500}, "generate": {"chunk_size": 256}, "train": {**BASE["train"], "rounds": 20}}
+    made = [rev("fedavg", {**old, "train": {**old["train"], "synthetic": False}, "personalize": {"synthetic": False, "seed": 0}},
+                0.5, 0.5, 0.9),
+            rev("regl", old, 0.8, 0.8, 0.9)]
+    runs = read_runs(exp_show(*made))[0]
+
+    def cells_with_runs(defaults):
+        g = Grids(GRIDS, flatten(defaults))
+        return [ref for ref in ("t1/fedavg/b0.01", "t1/regl/b0.01") if g.runs_of(g.cells[ref], runs)]
+
+    assert cells_with_runs(old) == ["t1/fedavg/b0.01", "t1/regl/b0.01"]
+    assert cells_with_runs({**old, "generate": {"chunk_size": 512}}) == ["t1/fedavg/b0.01", "t1/regl/b0.01"]
+    assert cells_with_runs({**old, "generator": {"unet_steps": 600}}) == ["t1/fedavg/b0.01"]
+    assert cells_with_runs({**old, "train": {**old["train"], "rounds": 60}}) == []
+
+
 def test_table_shows_mean_std_n_per_method_and_column():
     fedavg = [rev(f"f{i}", params(**{"train.seed": i}, **FEDAVG), v, v, 0.99) for i, v in enumerate([0.4, 0.5, 0.6])]
     iid = rev("iid", params(**{"partition.scheme": "iid"}, **FEDAVG), 0.88, 0.88, 0.9)

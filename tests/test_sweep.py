@@ -89,9 +89,31 @@ def test_runs_are_found_under_every_baseline_commit():
                                        "main": {"moon-b0.01-e2-lr0.02-s0"}}
 
 
-def _export(rev, *names, metric=0.5):
+def _run_data(name, metric, params_changes=None):
+    """A finished run named like the sweep names them (<grid>-<row>-<column>-s<seed>), with that cell's params
+    over params.yaml and ``params_changes``; names of no cell get no params."""
+    from regl.report import load_grids
+    grids = load_grids(ROOT / "experiments" / "grids.yaml", ROOT / "params.yaml")
+    cell = next((c for c in grids.cells.values() if name.startswith(f"{c.grid}-{c.name}-s")), None)
+    data = {"metrics": {"m": metric}}
+    if cell is not None:
+        seed = int(name.rsplit("-s", 1)[1])
+        flat = {**grids.run_params(cell), "train.seed": seed, "personalize.seed": seed, **(params_changes or {})}
+        nested: dict = {}
+        for dotted, value in flat.items():
+            *path, last = dotted.split(".")
+            node = nested
+            for key in path:
+                node = node.setdefault(key, {})
+            node[last] = value
+        data = {"params": {"params.yaml": {"data": nested}},
+                "metrics": {"m": metric, "metrics/train.json": {"data": {"accuracy": metric}}}}
+    return data
+
+
+def _export(rev, *names, metric=0.5, params_changes=None):
     return {"rev": rev, "name": None, "data": {"metrics": {"m": metric}},
-            "experiments": [{"name": n, "revs": [{"rev": n, "name": n, "data": {"metrics": {"m": metric}}}]}
+            "experiments": [{"name": n, "revs": [{"rev": n, "name": n, "data": _run_data(n, metric, params_changes)}]}
                             for n in names] or None}
 
 
@@ -120,6 +142,17 @@ def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_ca
     assert [c["rev"] for c in merged] == ["workspace", "e2fcedf", "67b5637"]
     # the committed runs were not run again
     assert sorted(calls) == ["table2-fedavg-m5-s1", "table2-regl-m5-s1"]
+
+
+def test_a_committed_run_made_under_an_older_generator_is_run_again_and_a_baseline_is_not(tmp_path, capsys):
+    # the export holds both seed-0 runs of M = 5 under its name, made with another pre-training recipe: ReGL's
+    # images changed, so its run is no longer the cell's; FedAvg reads no synthetic image
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps([_export("e2fcedf", "table2-regl-m5-s0", "table2-fedavg-m5-s0",
+                                        params_changes={"generator.unet_steps": 1})]))
+    sweep.main(["table2", "--cells", "fedavg-m5", "regl-m5", "--seeds", "0", "--export", str(path), "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith("1 run(s) done, 1 to run") and "-n table2-regl-m5-s0 " in out
 
 
 def test_a_failed_run_in_the_export_is_run_again(tmp_path):

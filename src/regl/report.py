@@ -2,8 +2,10 @@
 
 Reads `dvc exp show --json`: every finished run becomes a ``Run`` (its params flattened, its headline metrics).
 A grids file (experiments/grids.yaml) names tables: rows are methods, columns settings, each cell a set of
-overrides over params.yaml. A run belongs to a cell when it agrees with the cell on every key the grids file
-sets anywhere (params.yaml's value where the cell leaves a key), seeds and ``RUN_KEYS`` aside; a cell shows
+overrides over params.yaml. A run belongs to a cell when it agrees with the cell's params on every key of
+params.yaml (the cell's override, else params.yaml's value), seeds and ``HOW_KEYS`` aside, and, for a cell that
+reads no synthetic image, the generator's sections aside (``GENERATOR_SECTIONS``); so a changed default (a new
+pre-training recipe) leaves the runs made before it out of every cell it changes, and only those. A cell shows
 ``mean ± std (n)`` over its runs, in %. Nothing here knows a particular table: the file says what to show.
 """
 
@@ -20,8 +22,17 @@ import yaml
 
 SEED_KEYS = ("train.seed", "personalize.seed")
 # How a run was made, not what it is: the thread count changes last bits only, and the Dirichlet split's draw
-# budget decides whether a split is found, never which (the draws are one sequence).
+# budget decides whether a split is found, never which (the draws are one sequence). A sweep sets these where a
+# cell names them.
 RUN_KEYS = frozenset({*SEED_KEYS, "threads", "partition.max_tries"})
+# Also how, not what, and never set by a cell: where the data is read from, caching and loading, devices, the
+# size of generate's resumable chunks (same bytes at any size), the Flower simulation's resources.
+HOW_KEYS = RUN_KEYS | {"prepare.fashion_mnist_dir", "compute.loader_workers", "compute.prefetch",
+                       "compute.cache_mb", "compute.scoring_batch", "generate.chunk_size", "train.device",
+                       "personalize.device", "evaluate.device", "train.flower.client_cpus",
+                       "train.flower.client_gpus"}
+# What a run reads only through its synthetic images (train.synthetic or personalize.synthetic).
+GENERATOR_SECTIONS = ("generator.", "finetune.", "generate.")
 METRICS = {  # column -> (metrics file, key, title, short title), fractions, shown in %
     "final": ("eval.json", "global_accuracy", "global test accuracy at the last round", "last round"),
     "last5": ("train.json", "accuracy_mean_last_5", "global test accuracy, mean of the last five rounds",
@@ -162,7 +173,7 @@ class Grids:
         missing = [k for k in self.keys if k not in defaults]
         if missing:
             raise ValueError(f"grids file sets {missing}, which params.yaml does not have")
-        self.defaults = {k: defaults[k] for k in self.keys}
+        self.defaults = {k: v for k, v in defaults.items() if k not in HOW_KEYS}
 
     def _cells(self, grid: str) -> Iterator[Cell]:
         spec = self.grids[grid]
@@ -181,12 +192,17 @@ class Grids:
         return [c for c in self.cells.values() if c.grid == grid]
 
     def identity(self, cell: Cell) -> dict[str, Any]:
-        """What the cell is: params.yaml's value of every key, the cell's overrides over it."""
-        return {k: cell.overrides.get(k, self.defaults[k]) for k in self.keys}
+        """What the cell is: params.yaml's value of every key its runs depend on, the cell's overrides over it."""
+        params = {k: cell.overrides.get(k, v) for k, v in self.defaults.items()}
+        if params.get("train.synthetic") or params.get("personalize.synthetic"):
+            return params
+        return {k: v for k, v in params.items() if not k.startswith(GENERATOR_SECTIONS)}
 
     def run_params(self, cell: Cell) -> dict[str, Any]:
-        """Every key a run of ``cell`` sets: its identity and how it is made (e.g. the split's draw budget)."""
-        return {**self.identity(cell), **{k: v for k, v in cell.overrides.items() if k in RUN_KEYS}}
+        """Every key a run of ``cell`` sets: each key the grids file sets (the cell's value, else params.yaml's),
+        so nothing leaks from the run before, and how it is made (e.g. the split's draw budget)."""
+        return {**{k: cell.overrides.get(k, self.defaults[k]) for k in self.keys},
+                **{k: v for k, v in cell.overrides.items() if k in RUN_KEYS}}
 
     def matches(self, run: Run, cell: Cell) -> bool:
         """A key a run's params lack (an older params.yaml) counts as params.yaml's value."""
