@@ -3,8 +3,10 @@
 Runs `finetune_lora` and `generate` for one client as DVC would (a fresh `python stages/<stage>.py` process)
 with the work cut to one step (finetune.steps = 1; generate.images_per_class = 1, generate.steps = 1), writing
 into a scratch folder, so the wall time is start-up (imports, loading the generator and the client's shard) plus
-one step and the writes: an upper bound on the time to the first step. Then, per stage, the seconds its imports
-take, by top-level package (`python -X importtime`, cumulative, first importer wins).
+one step and the writes: an upper bound on the time to the first step. Beside them, the floor no stage can go
+under while it uses diffusers: a bare process importing torch, and one importing what every generator stage
+needs (diffusers' StableDiffusionPipeline and peft), measured in the same run. Then, per stage, the seconds its
+imports take, by package (`python -X importtime`, cumulative, the packages regl's modules import first-hand).
 
 Needs `dvc repro finetune_lora@0` first (models/generator, models/lora/client_0, data/clients).
 
@@ -47,16 +49,44 @@ def commands(client: int, params: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
+FLOOR = {
+    "python + torch": "import torch",
+    "python + diffusers pipeline + peft": "from diffusers import StableDiffusionPipeline; import peft",
+}
+
+
 def import_seconds(cmd: list[str]) -> dict[str, float]:
-    """Cumulative import time of each top-level package the process imports first-hand or through others."""
+    """Cumulative import time of each package a module of the stage's own (the script or regl) imports
+    first-hand; a package first imported by another package counts under that one."""
     result = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:], "--help"], capture_output=True, text=True,
                             cwd=ROOT)
+    lines = [(len(m.group(2)), m.group(3), int(m.group(1)) / 1e6) for line in result.stderr.splitlines()
+             if (m := re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line))]
     per_package: dict[str, float] = defaultdict(float)
-    for line in result.stderr.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
-        if m and len(m.group(2)) == 1:  # a top-level import of the stage's own process
-            per_package[m.group(3).split(".")[0]] += int(m.group(1)) / 1e6
+    parents: list[tuple[int, str]] = []  # importtime prints a module after its imports: read it backwards
+    for depth, name, seconds in reversed(lines):
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        importer = parents[-1][1].split(".")[0] if parents else "regl"  # depth 1: the script itself
+        top = name.split(".")[0]
+        if importer == "regl" and top != "regl":
+            per_package[top] += seconds
+        parents.append((depth, name))
     return dict(sorted(per_package.items(), key=lambda kv: -kv[1]))
+
+
+def wall_seconds(cmd: list[str], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def show(label: str, times: list[float]) -> str:
+    return (f"{label:36s} {statistics.median(times):5.2f} s (median of {len(times)}: "
+            f"{', '.join(f'{t:.2f}' for t in times)})")
 
 
 def main() -> None:
@@ -70,16 +100,13 @@ def main() -> None:
         cmds = commands(args.client, params, folder)
         # generate reads the adapter finetune_lora wrote: run finetune_lora first in each round
         cmds["generate"] += ["--lora", str(folder / "lora")]
+        for label, code in FLOOR.items():
+            print(show(f"floor: {label}", wall_seconds([sys.executable, "-c", code], args.repeat)), flush=True)
         for stage, cmd in cmds.items():
-            times = []
-            for _ in range(args.repeat):
-                start = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-                times.append(time.perf_counter() - start)
+            times = wall_seconds(cmd, args.repeat)
             imports = import_seconds(cmd)
-            top = ", ".join(f"{name} {secs:.2f}" for name, secs in list(imports.items())[:6])
-            print(f"{stage:14s} one-step run {statistics.median(times):5.2f} s (median of {args.repeat}: "
-                  f"{', '.join(f'{t:.2f}' for t in times)}); imports {sum(imports.values()):.2f} s: {top}",
+            top = ", ".join(f"{name} {secs:.2f}" for name, secs in list(imports.items())[:8])
+            print(f"{show(f'{stage}: one-step run', times)}; imports {sum(imports.values()):.2f} s: {top}",
                   flush=True)
 
 
