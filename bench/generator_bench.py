@@ -66,6 +66,12 @@ PRETRAIN_RECIPES = {
     "600 steps, v-pred, Min-SNR 5, lr 2e-3": {"unet_steps": 600, "prediction_type": "v_prediction",
                                                "snr_gamma": 5.0, "lr": 2e-3},
     "600 steps, Min-SNR 5, VAE 100": {"unet_steps": 600, "snr_gamma": 5.0, "vae_steps": 100},
+    "600 steps, v-pred, Min-SNR 5, lr 4e-3": {"unet_steps": 600, "prediction_type": "v_prediction",
+                                               "snr_gamma": 5.0, "lr": 4e-3},
+    "1200 steps, v-pred, Min-SNR 5, lr 2e-3": {"unet_steps": 1200, "prediction_type": "v_prediction",
+                                                "snr_gamma": 5.0, "lr": 2e-3},
+    "1200 steps, v-pred, Min-SNR 5, lr 4e-3": {"unet_steps": 1200, "prediction_type": "v_prediction",
+                                                "snr_gamma": 5.0, "lr": 4e-3},
 }
 
 
