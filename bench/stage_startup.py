@@ -8,7 +8,7 @@ under while it uses diffusers: a bare process importing torch, and one importing
 needs (diffusers' StableDiffusionPipeline and peft), measured in the same run. Then, per stage, the seconds its
 imports take, by package (`python -X importtime`, cumulative, the packages regl's modules import first-hand).
 
-Needs `dvc repro finetune_lora@0` first (models/generator, models/lora/client_0, data/clients).
+Needs `dvc repro partition pretrain_generator` first (models/generator, data/clients); the adapter it makes itself.
 
     python bench/stage_startup.py [--client 0] [--repeat 3]
 """
