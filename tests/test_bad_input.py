@@ -230,6 +230,16 @@ def test_undecodable_image_in_the_test_shard(repo):
     fails_cleanly(repo, "federated_train", "data/prepared/test.parquet: row 7", "unreadable image")
 
 
+def test_empty_client_shard(repo):
+    # a hand-made shard with no rows: the client would train on nothing and its weight would be 0 / 0
+    path = repo / "data/clients/client_1.parquet"
+    shard = read_shard(path)
+    write_shard(path, type(shard)([], shard.labels[:0], shard.class_names, {k: [] for k in shard.columns},
+                                  shard.meta))
+    fails_cleanly(repo, "federated_train", "data/clients/client_1.parquet: holds no rows",
+                  "dvc repro partition")
+
+
 def rewrite(path: Path, table: pa.Table) -> None:
     pq.write_table(table, path)
 

@@ -12,6 +12,7 @@ import yaml
 from conftest import load_stage
 from typer.testing import CliRunner
 
+from regl.core.errors import ReglError
 from regl.data.shards import read_shard
 from regl.data.sources import load_source
 
@@ -70,6 +71,21 @@ def test_hf_source_reads_local_saves_offline(saved, form):
     assert len(data.train) == 36 and data.test is not None and len(data.test) == 12
     assert list(data.train.labels[:3]) == [0, 1, 2]
     assert data.train.load(0).mode == "RGB" and data.train.load(5).mode == "L"
+
+
+def test_an_unreadable_image_inside_the_datasets_loader_is_one_error_naming_its_row(tmp_path):
+    # datasets decodes an Image feature on access: a corrupt one raised PIL's error from inside the library
+    import datasets
+
+    ds = hf_dataset(per_class=2, test_per_class=1)
+    rows = ds["train"].cast_column("img", datasets.Image(decode=False)).to_dict()
+    rows["img"][4] = {"bytes": b"\x89PNG not really", "path": None}
+    train = datasets.Dataset.from_dict(rows, features=ds["train"].cast_column("img", datasets.Image(decode=False)).features)
+    datasets.DatasetDict({"train": train.cast_column("img", datasets.Image())}).save_to_disk(str(tmp_path / "bad"))
+    data = load_source(f"hf:{tmp_path / 'bad'}", "")
+    assert data.train.load(3).size == (40, 36)
+    with pytest.raises(ReglError, match=r"^prepare.source = hf:.*bad: 'train' row 4: unreadable image \("):
+        data.train.load(4)
 
 
 def test_hf_colour_images_through_prepare_partition_and_resnet18(saved, tmp_path):

@@ -23,13 +23,15 @@ class ClientData:
 
 def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, synthetic: bool,
                  key: str) -> list[Path]:
-    """The shards a stage reads, checked to exist before any work; ``key`` names the param that asked for
-    synthetic data, for the error message."""
+    """The shards a stage reads, checked to exist (and a client's own shard to hold rows) before any work;
+    ``key`` names the param that asked for synthetic data, for the error message."""
     files = []
     for cid in clients:
         real = client_file(clients_dir, cid)
         if not real.is_file():
             raise ReglError(f"{real}: client shard missing; run the partition stage (dvc repro partition)")
+        if len(read_labels(real)[0]) == 0:
+            raise empty_shard(real)
         files.append(real)
         if synthetic:
             syn = client_file(synthetic_dir, cid)
@@ -38,6 +40,10 @@ def client_files(clients: list[int], clients_dir: Path, synthetic_dir: Path, syn
                                 f"(dvc repro) or set {key}=false")
             files.append(syn)
     return files
+
+
+def empty_shard(path: Path) -> ReglError:
+    return ReglError(f"{path}: holds no rows; remake it with dvc repro partition")
 
 
 def load_client(cid: int, clients_dir: Path, synthetic_dir: Path, synthetic: bool, channels: int,
@@ -54,4 +60,6 @@ def load_client(cid: int, clients_dir: Path, synthetic_dir: Path, synthetic: boo
         parts.append(Part(syn, rows))
     images = open_images(parts, channels, budget)
     num_real = int((images.store.src == 0).sum())
+    if num_real == 0:  # a node loads its shard here without client_files' check (the Flower ClientApp)
+        raise empty_shard(real)
     return ClientData(cid, images, num_real, len(images) - num_real)

@@ -326,9 +326,16 @@ def load_hf(spec: str) -> SourceData:
         raise ReglError(f"prepare.source = hf:{spec}: the 'train' split holds no rows; a source needs images "
                         f"with labels")
 
-    def split(part) -> Split:
-        return Split(np.asarray(part[label_col], dtype=np.int64), [f"{name}/{i}" for i in range(len(part))],
-                     lambda i: part[i][image_col])
+    def split(split_name: str) -> Split:
+        part = ds[split_name]
 
-    test = split(ds["test"]) if "test" in ds else None
-    return SourceData(f"hf:{spec}", class_names, split(ds["train"]), test)
+        def load(i: int) -> Image.Image:
+            try:
+                return part[i][image_col]  # datasets decodes the image here, with PIL
+            except DECODE_ERRORS as exc:
+                raise ReglError(f"prepare.source = hf:{spec}: '{split_name}' row {i}: {undecodable(exc)}") from None
+
+        return Split(np.asarray(part[label_col], dtype=np.int64), [f"{name}/{i}" for i in range(len(part))], load)
+
+    test = split("test") if "test" in ds else None
+    return SourceData(f"hf:{spec}", class_names, split("train"), test)
