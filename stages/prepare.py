@@ -1,4 +1,4 @@
-"""Stage `prepare`: turn the data source into data/prepared/{train,test,public}.parquet."""
+"""Stage `prepare`: turn the data source into data/prepared/{train,val,test,public}.parquet."""
 
 from pathlib import Path
 
@@ -24,7 +24,7 @@ def main(
         data = load_source(p.source, p.fashion_mnist_dir)
         with atomic_dir(out) as tmp:
             counts = prepare(data, p, tmp)
-        log.info("wrote %s: %d train, %d test, %d public", out, counts["train"], counts["test"], counts["public"])
+        log.info("wrote %s: %s", out, ", ".join(f"{n} {name}" for name, n in counts.items()))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
         "prepare.public_fraction": 0.1,
         "prepare.max_train": None,
         "prepare.max_test": None,
+        "prepare.val_size": 0,  # no validation split: the 900 training images all go to the clients
         "partition.local_test_size": 20,
         "clients": [0, 1, 2],
         "train.rounds": 2,

@@ -23,20 +23,53 @@ def trained_inputs(pipeline):
     return pipeline
 
 
+CURVE = "metrics/train_curve/plots/metrics"
+
+
+def curve(repo, name: str) -> list[tuple[int, float]]:
+    """(round, value) of one DVCLive series of the per-round curve, e.g. ``test/accuracy``."""
+    lines = (repo / CURVE / f"{name}.tsv").read_text().splitlines()
+    assert lines[0] == f"step\t{name.split('/')[-1]}"
+    return [(int(r), float(v)) for r, v in (line.split("\t") for line in lines[1:])]
+
+
 def test_stage_writes_model_metrics_and_curve(trained_inputs):
     repo = trained_inputs
     stage("federated_train", repo)
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics["algorithm"] == "fedavg" and metrics["rounds"] == 3 and 0 <= metrics["accuracy"] <= 1
     assert metrics["real_images"] == 900 and metrics["synthetic_images"] == 0
-    curve = (repo / "metrics/train_curve.csv").read_text().splitlines()
-    assert curve[0] == "round,accuracy,loss,clients" and len(curve) == 4
-    assert float(curve[-1].split(",")[1]) == metrics["accuracy"]
+    accuracy = curve(repo, "test/accuracy")
+    assert [r for r, _ in accuracy] == [1, 2, 3] and accuracy[-1][1] == metrics["accuracy"]
+    assert metrics["val_accuracy"] is None and not (repo / CURVE / "val").exists()  # prepare.val_size = 0
     from regl.training.modelio import load_model
 
     model, meta = load_model(repo / "models/global_model.safetensors")
     assert meta["algorithm"] == "fedavg" and model(torch.zeros(1, 1, 16, 16)).shape == (1, 10)
     assert not (repo / ".regl/checkpoints/federated_train.pt").exists()  # a finished run leaves none
+
+
+def test_the_validation_curve_scores_the_global_model_on_the_validation_split(trained_inputs):
+    repo = trained_inputs
+    set_params(repo, **{"prepare.val_size": 100})
+    stage("prepare", repo)
+    stage("partition", repo)
+    stage("federated_train", repo)
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    from regl.data.imageset import open_images
+    from regl.evaluation.scoring import evaluate
+    from regl.training.modelio import load_model
+
+    model, _ = load_model(repo / "models/global_model.safetensors")
+    on = {split: evaluate(model.eval(), open_images([repo / f"data/prepared/{split}.parquet"]))
+          for split in ("val", "test")}
+    assert metrics["val_accuracy"] == round(on["val"]["accuracy"], 6)
+    assert metrics["accuracy"] == round(on["test"]["accuracy"], 6)
+    assert curve(repo, "val/loss")[-1][1] == round(on["val"]["loss"], 6) != round(on["test"]["loss"], 6)
+    val = curve(repo, "val/accuracy")
+    assert [r for r, _ in val] == [1, 2, 3] and val[-1][1] == metrics["val_accuracy"]
+    assert metrics["val_accuracy_mean_last_5"] == round(sum(v for _, v in val) / 3, 6)
+    assert metrics["real_images"] == 800  # the pool gave up 100 images: no cap (max_train null) left room
 
 
 BAD = [
@@ -64,7 +97,7 @@ def test_sigkill_then_rerun_ends_bit_identical(trained_inputs):
     set_params(repo, **{"train.rounds": 6, "train.algorithm": "scaffold", "train.client_fraction": 0.5})
     stage("federated_train", repo)
     uninterrupted = (repo / "models/global_model.safetensors").read_bytes()
-    curve = (repo / "metrics/train_curve.csv").read_bytes()
+    logged = {f: f.read_bytes() for f in (repo / "metrics/train_curve").rglob("*") if f.is_file()}
     (repo / "models/global_model.safetensors").unlink()
 
     ckpt = repo / ".regl/checkpoints/federated_train.pt"
@@ -82,7 +115,7 @@ def test_sigkill_then_rerun_ends_bit_identical(trained_inputs):
     resumed = stage("federated_train", repo)
     assert f"resuming from round {done} of 6" in resumed.stderr
     assert (repo / "models/global_model.safetensors").read_bytes() == uninterrupted
-    assert (repo / "metrics/train_curve.csv").read_bytes() == curve
+    assert {f: f.read_bytes() for f in (repo / "metrics/train_curve").rglob("*") if f.is_file()} == logged
 
 
 def test_algorithm_change_reruns_only_training(reproduced):

@@ -63,7 +63,7 @@ def train(repo: Path, engine: str, algorithm: str, tag: str) -> tuple[list[torch
     stage("federated_train", repo)
     out = repo / f"out-{tag}"
     out.mkdir(exist_ok=True)
-    for f in ("models/global_model.safetensors", "metrics/train.json", "metrics/train_curve.csv"):
+    for f in ("models/global_model.safetensors", "metrics/train.json", "metrics/train_curve/metrics.json"):
         shutil.copy2(repo / f, out / Path(f).name)
     return weights(out / "global_model.safetensors"), json.loads((out / "train.json").read_text())
 
@@ -187,7 +187,7 @@ def test_superlink_and_two_supernodes_on_loopback(flower_repo, tmp_path):
     assert (repo / "metrics/train.json").exists(), net.shown()
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics.keys() == local_metrics.keys() and metrics["rounds"] == 2
-    assert (repo / "metrics/train_curve.csv").read_text().count("\n") == 3
+    assert (repo / "metrics/train_curve/plots/metrics/test/accuracy.tsv").read_text().count("\n") == 3
     assert_same(local, weights(repo / "models/global_model.safetensors"))
 
 
@@ -198,7 +198,7 @@ def test_supernode_killed_mid_round_ends_the_run_naming_the_client(flower_repo, 
     repo = flower_repo
     set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg", "train.rounds": 3})
     stage("federated_train", repo)
-    outputs = ["models/global_model.safetensors", "metrics/train.json", "metrics/train_curve.csv"]
+    outputs = ["models/global_model.safetensors", "metrics/train.json", "metrics/train_curve/metrics.json"]
     before = {f: (repo / f).read_bytes() for f in outputs}
     net = Loopback(tmp_path, repo)
     try:

@@ -14,30 +14,55 @@ from regl.data.sources import FASHION_MNIST_CLASSES, load_source
 
 
 def prepared(data, params, folder):
-    """Run prepare into ``folder`` and read its three shards back."""
+    """Run prepare into ``folder`` and read its four shards back."""
     prepare(data, params, folder)
-    return SimpleNamespace(**{n: read_shard(folder / f"{n}.parquet") for n in ("train", "test", "public")})
+    return SimpleNamespace(**{n: read_shard(folder / f"{n}.parquet") for n in ("train", "val", "test", "public")})
 
 
 def test_fashion_mnist_cuts_are_disjoint_stratified_and_named(fake_fmnist, tmp_path):
     data = load_source("fashion-mnist", str(fake_fmnist))
-    out = prepared(data, PrepareParams(public_fraction=0.2, max_train=500, max_test=100), tmp_path / "prepared")
+    out = prepared(data, PrepareParams(public_fraction=0.2, max_train=500, max_test=100,
+                                                  val_size=200), tmp_path / "prepared")
     assert out.train.class_names == FASHION_MNIST_CLASSES
-    train_ids, public_ids = set(out.train.columns["id"]), set(out.public.columns["id"])
-    assert not train_ids & public_ids
-    assert len(out.public) == 200 and len(out.train) == 500 and len(out.test) == 100
+    train_ids, public_ids, val_ids = (set(c.columns["id"]) for c in (out.train, out.public, out.val))
+    assert not train_ids & public_ids and not val_ids & (train_ids | public_ids)
+    assert len(out.public) == 200 and len(out.train) == 500 and len(out.test) == 100 and len(out.val) == 200
     assert np.array_equal(out.public.class_counts(), [20] * 10)  # stratified
     assert np.array_equal(out.train.class_counts(), [50] * 10)
+    assert np.array_equal(out.val.class_counts(), [20] * 10)
+    assert all(i.startswith("fashion-mnist/train/") for i in out.val.columns["id"])
     assert all(i.startswith("fashion-mnist/test/") for i in out.test.columns["id"])
     pixels = out.train.pixels()
     assert pixels.shape == (500, 32, 32, 1) and pixels.dtype == np.uint8
 
 
-def test_without_a_cap_every_training_image_is_in_train_or_public(fake_fmnist, tmp_path):
-    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(public_fraction=0.1),
+def test_without_a_cap_every_training_image_is_in_train_val_or_public(fake_fmnist, tmp_path):
+    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(public_fraction=0.1, val_size=100),
                    tmp_path / "prepared")
-    ids = out.train.columns["id"] + out.public.columns["id"]
+    ids = out.train.columns["id"] + out.val.columns["id"] + out.public.columns["id"]
     assert sorted(ids) == sorted(f"fashion-mnist/train/{i}" for i in range(1000))
+    assert len(out.val) == 100 and np.array_equal(out.val.class_counts(), [10] * 10)
+
+
+@pytest.mark.parametrize("max_train", [500, None])
+def test_a_validation_split_leaves_the_clients_draw_as_it_is_where_the_cap_leaves_room(fake_fmnist, tmp_path,
+                                                                                       max_train):
+    # with a cap, the clients get the same images with or without a validation split (a validation split
+    # changes no result made before it); without one there is no room beyond the cap: the pool gives it up
+    data = load_source("fashion-mnist", str(fake_fmnist))
+    without = prepared(data, PrepareParams(max_train=max_train, val_size=0), tmp_path / "without")
+    with_val = prepared(data, PrepareParams(max_train=max_train, val_size=100), tmp_path / "with")
+    assert len(without.val) == 0 and len(with_val.val) == 100
+    same = with_val.train.columns["id"] == without.train.columns["id"]
+    assert same if max_train else (not same and len(with_val.train) == len(without.train) - 100)
+    assert (tmp_path / "without/train.parquet").read_bytes() == (tmp_path / "with/train.parquet").read_bytes() \
+        or not max_train
+
+
+def test_a_validation_split_larger_than_the_pool_is_one_error_naming_the_key(fake_fmnist, tmp_path):
+    with pytest.raises(ReglError, match="prepare.val_size = 900: the training pool holds only 900 images"):
+        prepare(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=None, val_size=900),
+                tmp_path / "prepared")
 
 
 def test_missing_fashion_mnist_folder_says_how_to_get_it(tmp_path):
@@ -62,7 +87,7 @@ def test_imagefolder_gets_a_stratified_test_split(tmp_path):
     make_imagefolder(tmp_path / "pets", per_class=10)
     data = load_source(f"imagefolder:{tmp_path / 'pets'}", "")
     assert data.class_names == ["cat", "dog", "fox"] and data.test is None
-    out = prepared(data, PrepareParams(image_size=16, test_fraction=0.2, public_fraction=0.0), tmp_path / "prepared")
+    out = prepared(data, PrepareParams(image_size=16, test_fraction=0.2, public_fraction=0.0, val_size=0), tmp_path / "prepared")
     assert np.array_equal(out.test.class_counts(), [2, 2, 2])
     assert len(out.train) == 24 and len(out.public) == 0
     assert out.train.pixels().shape[1:] == (16, 16, 3)
@@ -74,11 +99,11 @@ def test_imagefolder_unreadable_image_is_named(tmp_path):
     (tmp_path / "pets" / "dog" / "broken.png").write_bytes(b"not a png at all")
     data = load_source(f"imagefolder:{tmp_path / 'pets'}", "")
     with pytest.raises(ReglError, match=r"dog/broken\.png: unreadable image"):
-        prepared(data, PrepareParams(image_size=16, public_fraction=0.0), tmp_path / "prepared")
+        prepared(data, PrepareParams(image_size=16, public_fraction=0.0, val_size=0), tmp_path / "prepared")
 
 
 def test_parquet_source_reads_our_shards_and_plain_files(tmp_path, fake_fmnist):
-    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=50, max_test=20),
+    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=50, max_test=20, val_size=50),
                    tmp_path / "prepared")
     write_shard(tmp_path / "train.parquet", out.train)
     write_shard(tmp_path / "test.parquet", out.test)
@@ -97,7 +122,7 @@ def test_parquet_source_reads_our_shards_and_plain_files(tmp_path, fake_fmnist):
 
 
 def test_shard_round_trip_is_byte_stable_and_readable_by_datasets(tmp_path, fake_fmnist):
-    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=40, max_test=10),
+    out = prepared(load_source("fashion-mnist", str(fake_fmnist)), PrepareParams(max_train=40, max_test=10, val_size=10),
                    tmp_path / "prepared")
     write_shard(tmp_path / "a.parquet", out.train)
     write_shard(tmp_path / "b.parquet", read_shard(tmp_path / "a.parquet"))

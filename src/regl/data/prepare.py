@@ -1,11 +1,15 @@
-"""The prepare stage's work: a source becomes three Parquet shards, train / test / public, streamed (labels
-first, to choose the cuts; then the chosen images, a piece at a time).
+"""The prepare stage's work: a source becomes four Parquet shards, train / val / test / public, streamed
+(labels first, to choose the cuts; then the chosen images, a piece at a time).
 
 Order of the cuts (each seeded, each stratified by class):
 1. a source without a test split gets one (``test_fraction`` of its training images);
 2. ``public_fraction`` of the training images become the *public pool* (the generator's pre-training data,
    owned by no client);
-3. the rest is the clients' training pool, capped at ``max_train`` images; the test split at ``max_test``.
+3. the rest is the clients' training pool, capped at ``max_train`` images; the test split at ``max_test``;
+4. ``val_size`` images of what the cap leaves become the *validation split*, which tuning selects on (no client
+   and no test ever sees it). Taken after the cap, it leaves the clients' draw as it is without it: a validation
+   split changes no client's data and no result made before it. Where the cap leaves too few images (max_train
+   null), the validation split is taken from the pool first and the cap applies to the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class PrepareParams(Section):
     max_test: int | None = Field(None, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     public_fraction: float = Field(0.1, ge=0, lt=1)
+    val_size: int = Field(2000, ge=0)  # 0 = no validation split
     seed: int = Field(0, ge=0)
 
 
@@ -56,7 +61,7 @@ class Cut:
 
 @dataclass
 class Plan:
-    """What prepare writes: the train, test and public cuts, at ``channels`` channels."""
+    """What prepare writes: the train, val, test and public cuts, at ``channels`` channels."""
 
     cuts: dict[str, Cut]
     channels: int
@@ -87,7 +92,7 @@ def _encode(cut: Cut, size: int, channels: int, class_names: list[str], name: st
 
 
 def plan(data: SourceData, params: PrepareParams) -> Plan:
-    """The three cuts, from the labels alone (no image is decoded but the first, for ``channels: auto``)."""
+    """The four cuts, from the labels alone (no image is decoded but the first, for ``channels: auto``)."""
     k = len(data.class_names)
     for split_name, split in (("training", data.train), ("test", data.test)):
         if split is not None and len(split) == 0:
@@ -104,15 +109,32 @@ def plan(data: SourceData, params: PrepareParams) -> Plan:
                                         rng(params.seed, "public"))
     public_idx = train_idx[public_idx]
     train_idx = train_idx[kept]
-    train_idx = train_idx[_cap(train_split.labels[train_idx], params.max_train, k, rng(params.seed, "max_train"))]
+    train_idx, val_idx = _train_and_val(train_split.labels, train_idx, params, k)
     test_idx = test_idx[_cap(test_split.labels[test_idx], params.max_test, k, rng(params.seed, "max_test"))]
-    cuts = {"train": Cut(train_split, train_idx), "test": Cut(test_split, test_idx),
+    cuts = {"train": Cut(train_split, train_idx), "val": Cut(train_split, val_idx), "test": Cut(test_split, test_idx),
             "public": Cut(train_split, public_idx)}
     return Plan(cuts, _channels(data, params.channels))
 
 
+def _train_and_val(labels: np.ndarray, pool: np.ndarray, params: PrepareParams,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clients' training cut and the validation cut of ``pool`` (indices into ``labels``), both sorted."""
+    val_gen = rng(params.seed, "val")
+    if params.max_train is not None and len(pool) - params.max_train >= params.val_size:
+        train = pool[_cap(labels[pool], params.max_train, k, rng(params.seed, "max_train"))]
+        spare = np.setdiff1d(pool, train, assume_unique=True)
+        return train, spare[stratified_pick(labels[spare], stratified_counts(labels[spare], params.val_size, k),
+                                            val_gen)]
+    if params.val_size >= len(pool):
+        raise ReglError(f"prepare.val_size = {params.val_size}: the training pool holds only {len(pool)} images "
+                        f"after the public pool; the validation split must leave the clients some (lower it)")
+    keep = stratified_pick(labels[pool], stratified_counts(labels[pool], params.val_size, k), val_gen)
+    val, rest = pool[keep], np.setdiff1d(pool, pool[keep], assume_unique=True)
+    return rest[_cap(labels[rest], params.max_train, k, rng(params.seed, "max_train"))], val
+
+
 def prepare(data: SourceData, params: PrepareParams, folder: Path) -> dict[str, int]:
-    """Write ``folder/{train,test,public}.parquet``, streamed: each cut is read, resized, encoded and written a
+    """Write ``folder/{train,val,test,public}.parquet``, streamed: each cut is read, resized, encoded and written a
     piece at a time, so memory is bounded by a row group (shards.ROW_GROUP_BYTES), not by the source's size.
     Returns the images written per cut."""
     p = plan(data, params)

@@ -235,10 +235,10 @@ def _train(msg: Message, context: Context) -> Message:
 def train_on_flower(files: StageFiles, clients: list[int], p: TrainParams, grid: Grid,
                     stage_log: logging.Logger) -> None:
     """The ServerApp's body. A Flower run does not resume: the clients' state lives on the nodes."""
-    setup, test = read_setup(files, p, clients, CacheBudget(p.cache_mb))
+    setup, scored = read_setup(files, p, clients, CacheBudget(p.cache_mb))
     device = resolve_device(p.device)
     runner = FlowerClients(grid, setup, device, files.clients_dir, files.synthetic_dir)
-    train_and_write(files, setup, test, build_algorithm(p), runner, device, None, stage_log)
+    train_and_write(files, setup, scored, build_algorithm(p), runner, device, None, stage_log)
 
 
 def serve_repository(grid: Grid, workdir: Path, stage_log: logging.Logger) -> None:

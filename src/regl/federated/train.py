@@ -19,13 +19,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from regl.core.atomic import write_text
 from regl.core.checkpoint import Checkpoint
 from regl.core.stage import write_json
 from regl.training.compute import ComputeParams
 from regl.core.errors import ReglError
 from regl.evaluation.scoring import evaluate
 from regl.federated.algorithm import Algorithm
+from regl.federated.curve import CurveLog
 from regl.federated.engine import ClientRunner, Federation
 from regl.federated.registry import projection_dim
 from regl.federated.train_params import TrainParams
@@ -45,28 +45,41 @@ class StageFiles:
     clients_dir: Path
     synthetic_dir: Path
     test_file: Path
+    val_file: Path
     model_out: Path
     metrics: Path
-    curve_out: Path
+    curve_dir: Path  # the per-round curve, logged with DVCLive (regl.federated.curve)
 
     @classmethod
     def of(cls, paths: SimpleNamespace, root: Path = Path(".")) -> StageFiles:
         """The stage's files among the pipeline's (``regl.core.stage.pipeline_paths``), under ``root``."""
-        return cls(root / paths.data.clients, root / paths.data.synthetic, root / paths.data.prepared / "test.parquet",
-                   root / paths.models.global_model, root / paths.metrics.train, root / paths.metrics.train_curve)
+        prepared = root / paths.data.prepared
+        return cls(root / paths.data.clients, root / paths.data.synthetic, prepared / "test.parquet",
+                   prepared / "val.parquet", root / paths.models.global_model, root / paths.metrics.train,
+                   root / paths.metrics.train_curve)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The splits the global model is scored on after every round: the test split, and the validation split
+    (prepare.val_size; None without one) that tuning selects on."""
+
+    test: ShardImages
+    val: ShardImages | None
 
 
 def read_setup(files: StageFiles, p: TrainParams, clients: list[int],
-               budget: CacheBudget) -> tuple[RunSetup, ShardImages]:
-    """What every client and the server agree on, read from the test split; and the test split."""
+               budget: CacheBudget) -> tuple[RunSetup, Scored]:
+    """What every client and the server agree on, read from the test split; and the splits scored each round."""
     test = open_images([files.test_file], budget=budget)
     if not len(test):
         raise ReglError(f"{files.test_file}: holds no images; re-run prepare (dvc repro prepare)")
+    val = open_images([files.val_file], budget=budget)
     size, _, channels = test.shape
-    return RunSetup(p, clients, channels, len(test.class_names), size), test
+    return RunSetup(p, clients, channels, len(test.class_names), size), Scored(test, val if len(val) else None)
 
 
-def train_and_write(files: StageFiles, setup: RunSetup, test: ShardImages, algorithm: Algorithm,
+def train_and_write(files: StageFiles, setup: RunSetup, scored: Scored, algorithm: Algorithm,
                     runner: ClientRunner, device: torch.device, checkpoint: Checkpoint | None,
                     stage_log: logging.Logger) -> None:
     """Train (either engine's ``runner``) and write the global model, metrics/train.json and the curve."""
@@ -76,10 +89,9 @@ def train_and_write(files: StageFiles, setup: RunSetup, test: ShardImages, algor
     real, synthetic = runner.image_counts()
     stage_log.info("%s on %s (%s engine): %d clients, %d real + %d synthetic images, %d rounds", p.algorithm,
                    device, p.engine, len(setup.clients), real, synthetic, p.rounds)
-    result = train(fed, p.rounds, test, checkpoint, p)
+    result = train(fed, p.rounds, scored.test, checkpoint, p, scored.val, files.curve_dir)
     save_model(files.model_out, result.federation.model, model_arch(setup))
     write_json(files.metrics, train_metrics(setup, result.curve, real, synthetic))
-    write_text(files.curve_out, curve_csv(result.curve))
     if checkpoint:
         checkpoint.remove()
     stage_log.info("final test accuracy %.4f after %d rounds", result.curve[-1]["accuracy"], p.rounds)
@@ -170,15 +182,18 @@ class RunResult:
 
 
 def train(fed: Federation, rounds: int, test: Images, checkpoint: Checkpoint | None = None,
-          compute: ComputeParams = ComputeParams()) -> RunResult:
+          compute: ComputeParams = ComputeParams(), val: Images | None = None,
+          curve_dir: Path | None = None) -> RunResult:
     """Run rounds until ``rounds``, resuming from ``checkpoint`` when it holds this run's state; the global model
-    is scored on ``test`` after each round (as ``compute`` says)."""
+    is scored on ``test``, and on ``val`` when given, after each round (as ``compute`` says), and the scores are
+    logged to ``curve_dir`` when given."""
     curve: list[dict] = []
     saved = checkpoint.load() if checkpoint else None
     if saved is not None:
         fed.load_state_dict(saved["federation"])
         curve = saved["curve"]
         log.info("resuming from round %d of %d (%s)", fed.round, rounds, checkpoint.path)
+    curve_log = CurveLog(curve_dir, curve) if curve_dir else None
     bar = tqdm(total=rounds, initial=fed.round, desc=f"{fed.algorithm.name}", unit="round")
     chance = chance_level(test.labels)
     while fed.round < rounds:
@@ -188,19 +203,26 @@ def train(fed: Federation, rounds: int, test: Images, checkpoint: Checkpoint | N
         error = divergence_error(fed.round, fed.algorithm.name, metrics["loss"])
         if error:
             raise error
-        curve.append({"round": fed.round, "accuracy": round(metrics["accuracy"], 6),
-                      "loss": round(metrics["loss"], 6), "clients": len(selected),
-                      "work": [list(w) for w in fed.last_work]})
+        point = {"round": fed.round, "accuracy": round(metrics["accuracy"], 6), "loss": round(metrics["loss"], 6)}
+        if val is not None:
+            on_val = evaluate(fed.model, val, fed.device, compute)
+            point |= {"val_accuracy": round(on_val["accuracy"], 6), "val_loss": round(on_val["loss"], 6)}
+        point |= {"clients": len(selected), "work": [list(w) for w in fed.last_work]}
+        curve.append(point)
         warning = chance_warning(fed.round, rounds, metrics["accuracy"], chance)
         if warning:
             log.warning(warning)
         if checkpoint:
             checkpoint.save({"federation": fed.state_dict(), "curve": curve})
+        if curve_log:
+            curve_log.log(point)
         bar.update(1)
         bar.set_postfix(acc=f"{metrics['accuracy']:.3f}")
         log.info("round %d/%d: %d clients, test accuracy %.4f, loss %.4f (%.1f s)", fed.round, rounds,
                  len(selected), metrics["accuracy"], metrics["loss"], time.perf_counter() - start)
     bar.close()
+    if curve_log:
+        curve_log.close()
     return RunResult(fed, curve)
 
 
@@ -217,7 +239,10 @@ def train_metrics(setup: RunSetup, curve: list[dict], real: int, synthetic: int)
         "accuracy": last["accuracy"],
         "loss": last["loss"],
         # under strong skew the last round's accuracy swings from round to round; this is steadier
-        "accuracy_mean_last_5": round(sum(r["accuracy"] for r in curve[-5:]) / len(curve[-5:]), 6),
+        "accuracy_mean_last_5": mean_last_5(curve, "accuracy"),
+        # the validation split's (prepare.val_size; null without one): what tuning selects on, never the test's
+        "val_accuracy": last.get("val_accuracy"),
+        "val_accuracy_mean_last_5": mean_last_5(curve, "val_accuracy"),
         # convergence: the change over the last five rounds (acc[R] - acc[R-5]) and whether the mean of the last
         # five rounds is within CONVERGED_TOLERANCE of the five before (null when under 10 rounds)
         "accuracy_change_last_5": round(acc[-1] - acc[-6], 6) if len(acc) >= 6 else None,
@@ -234,18 +259,16 @@ def train_metrics(setup: RunSetup, curve: list[dict], real: int, synthetic: int)
     }
 
 
+def mean_last_5(curve: list[dict], key: str) -> float | None:
+    last = [r[key] for r in curve[-5:] if key in r]
+    return round(sum(last) / len(last), 6) if last else None
+
+
 def converged(acc: list[float]) -> bool | None:
     """Whether the last five rounds' mean accuracy is within CONVERGED_TOLERANCE of the five rounds' before."""
     if len(acc) < 10:
         return None
     return abs(sum(acc[-5:]) - sum(acc[-10:-5])) / 5 <= CONVERGED_TOLERANCE
-
-
-def curve_csv(curve: list[dict]) -> str:
-    """metrics/train_curve.csv: one row per round (a DVC plot)."""
-    rows = ["round,accuracy,loss,clients"] + [f"{r['round']},{r['accuracy']},{r['loss']},{r['clients']}"
-                                               for r in curve]
-    return "\n".join(rows) + "\n"
 
 
 def model_arch(setup: RunSetup) -> dict[str, Any]:
