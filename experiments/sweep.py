@@ -97,7 +97,10 @@ def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:
 def done_seeds(grids: Grids, cell: Cell, exported: list, names: set[str]) -> set[int]:
     """The seeds of ``cell`` that ran: finished runs with the cell's params in the export, or runs of the cell's
     name in this clone's DVC."""
-    return {r.seed for r in grids.runs_of(cell, exported)} | {s for s in cell.seeds if run_name(cell, s) in names}
+    runs = grids.runs_of(cell, exported)
+    if cell.setting is not None:  # a tuned cell's search run counts only with its validation figure
+        runs = [r for r in runs if r.seed != grids.tune_seed(cell) or r.validation is not None]
+    return {r.seed for r in runs} | {s for s in cell.seeds if run_name(cell, s) in names}
 
 
 def run_name(cell: Cell, seed: int) -> str:
@@ -110,6 +113,43 @@ def exported_names(path: Path | None) -> set[str]:
         return set()
     return {exp.get("name") for entry in json.loads(path.read_text()) for exp in entry.get("experiments") or []
             if (exp.get("executor") or {}).get("state") != "failed"}
+
+
+def plan(grids: Grids, cells: list[Cell], exported: list, names: set[str], seeds: list[int] | None,
+         named: bool) -> tuple[list[tuple[int, Cell]], int]:
+    """The runs still to make (seed, cell), seeds outermost so that every cell has one run first; and how many of
+    the cells' runs are done. ``seeds`` replaces the cells' own (a cell planning none runs only when ``named``)."""
+    todo, done, seen = [], 0, set()
+    for cell in cells:
+        ran = done_seeds(grids, cell, exported, names)
+        planned = cell.seeds or (() if not named else seeds or ())
+        for seed in (seeds or cell.seeds) if planned else ():
+            key = (tuple(sorted((k, repr(v)) for k, v in grids.identity(cell).items())), seed)
+            if key in seen:  # the same cell in another grid, or a tuned cell's choice and its search run
+                continue
+            seen.add(key)
+            if seed in ran:
+                done += 1
+            else:
+                todo.append((seed, cell))
+    return sorted(todo, key=lambda sc: sc[0]), done
+
+
+def run(grids: Grids, cell: Cell, seed: int, threads: int, queue: bool, dry_run: bool) -> bool:
+    """One `dvc exp run` of ``cell`` at ``seed`` (printed; queued with ``queue``); whether it succeeded."""
+    name = run_name(cell, seed)
+    values = {**grids.run_params(cell), "train.seed": seed, "personalize.seed": seed, "threads": threads}
+    cmd = ["dvc", "exp", "run", "-n", name] + (["--queue"] if queue else [])
+    cmd += [arg for key, value in values.items() for arg in ("-S", f"{key}={value_arg(value)}")]
+    if cell.stages:
+        cmd += ["-s", *cell.stages]
+    print(" ".join(cmd), flush=True)
+    if dry_run:
+        return True
+    if subprocess.run(cmd).returncode != 0:
+        print(f"run {name} failed (its error is above); going on with the next", flush=True)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,47 +172,40 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.grid) - set(grids.grids)
     if unknown:
         raise SystemExit(f"error: no grid {sorted(unknown)} in {args.grids}; grids: {', '.join(grids.grids)}")
-    cells = [c for c in grids.cells.values() if (not args.grid or c.grid in args.grid)
-             and (not args.cells or c.name in args.cells)]
-    if args.cells and not cells:
+
+    def chosen(c: Cell) -> bool:
+        return (not args.grid or c.grid in args.grid) and (not args.cells or c.name in args.cells)
+
+    if args.cells and not [c for c in grids.cells.values() if chosen(c)]:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")
     cores = args.cores or int(yaml.safe_load(args.params.read_text()).get("threads", 1))
     threads = max(1, cores // args.workers)
     # A committed run counts by its params only: one of the cell's name made under an older params.yaml (another
     # pre-training recipe) is not the cell's run any more. A name in this clone's DVC counts (queued or running).
     names = set() if args.dry_run else existing_names()
-    exported = read_runs(json.loads(args.export.read_text()), diverged=True)[0] \
-        if args.export and args.export.exists() else []
-    todo, done, seen = [], 0, set()
-    for cell in cells:
-        ran = done_seeds(grids, cell, exported, names)
-        planned = cell.seeds or (() if not args.cells else args.seeds or ())
-        for seed in (args.seeds or cell.seeds) if planned else ():
-            key = (tuple(sorted((k, repr(v)) for k, v in grids.identity(cell).items())), seed)
-            if key in seen:  # the same cell in another grid
-                continue
-            seen.add(key)
-            if seed in ran:
-                done += 1
-            else:
-                todo.append((seed, cell))
-    print(f"{done} run(s) done, {len(todo)} to run", flush=True)
     failed: list[str] = []
-    for seed, cell in sorted(todo, key=lambda sc: sc[0]):  # seeds outermost: every cell has one run first
-        name = run_name(cell, seed)
-        values = {**grids.run_params(cell), "train.seed": seed, "personalize.seed": seed, "threads": threads}
-        cmd = ["dvc", "exp", "run", "-n", name] + (["--queue"] if args.queue else [])
-        cmd += [arg for key, value in values.items() for arg in ("-S", f"{key}={value_arg(value)}")]
-        if cell.stages:
-            cmd += ["-s", *cell.stages]
-        print(" ".join(cmd), flush=True)
-        if args.dry_run:
-            continue
-        if subprocess.run(cmd).returncode != 0:
-            failed.append(name)
-            print(f"run {name} failed (its error is above); going on with the next", flush=True)
-        if args.export and not args.queue:
-            export(args.export)
+    tried: set[str] = set()
+    while True:  # again once a tuned cell's search has run: its choice runs at the grid's seeds
+        exported = read_runs(json.loads(args.export.read_text()), diverged=True)[0] \
+            if args.export and args.export.exists() else []
+        cells = [c for c in [*grids.cells.values(), *grids.chosen_cells(exported)] if chosen(c)]
+        todo, done = plan(grids, cells, exported, names, args.seeds, bool(args.cells))
+        todo = [(seed, cell) for seed, cell in todo if run_name(cell, seed) not in tried]
+        if not tried:
+            print(f"{done} run(s) done, {len(todo)} to run", flush=True)
+        if not todo or args.dry_run or args.queue:
+            break
+        for seed, cell in todo:
+            tried.add(run_name(cell, seed))
+            if not run(grids, cell, seed, threads, args.queue, args.dry_run):
+                failed.append(run_name(cell, seed))
+            if args.export:
+                export(args.export)
+        if not args.export:
+            break
+    if args.dry_run or args.queue:
+        for seed, cell in todo:
+            run(grids, cell, seed, threads, args.queue, args.dry_run)
     if args.export and not todo and not args.dry_run and names - exported_names(args.export):
         export(args.export)  # runs queued earlier have finished since: collect them
     if args.queue and todo and not args.dry_run:

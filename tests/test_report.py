@@ -65,10 +65,11 @@ def params(**changes) -> dict:
     return doc
 
 
-def rev(name, p, final=None, last5=None, personal=None, stamp="2026-11-27T10:00:00", error=None):
+def rev(name, p, final=None, last5=None, personal=None, stamp="2026-11-27T10:00:00", error=None, val=None):
     metrics = {}
     if final is not None:
-        metrics["metrics/train.json"] = {"data": {"accuracy": final, "accuracy_mean_last_5": last5}}
+        metrics["metrics/train.json"] = {"data": {"accuracy": final, "accuracy_mean_last_5": last5,
+                                                  "val_accuracy_mean_last_5": val}}
         metrics["metrics/eval.json"] = {"data": {"global_accuracy": final, "personalized_accuracy_mean": personal}}
     return {"revs": [{"rev": name * 4, "name": name, "error": error,
                       "data": {"rev": name * 4, "timestamp": stamp, "params": {"params.yaml": {"data": p}},
@@ -233,3 +234,47 @@ def test_results_doc_is_what_the_report_makes_of_the_committed_export():
     assert text.count("<!-- regl report:") >= len(g.grids)
     assert fill(text, g, found) == text, ("docs/results.md differs from the committed export; rebuild it with "
                                           "regl report --json experiments/results/grid.json --markdown docs/results.md")
+
+
+# --- tuned grids: each cell's setting chosen on the validation split ---------------------------------------------
+
+TUNED = {**GRIDS, "searches": {"fedavg": {"train.lr": [0.01, 0.05]}, "regl": {"train.lr": [0.01, 0.05]}},
+         "grids": {"tuned": {"tune": {"seed": 0, "budget": 2}, "rows": ["fedavg", "regl"], "seeds": [0, 1, 2],
+                             "columns": {"b": {"title": "β = 0.01"}}}}}
+
+
+def tuned_runs(val: dict, test: dict, seeds=(0,)):
+    """ReGL's runs at lr 0.01 and 0.05: validation and test accuracy (mean of the last five) per lr and seed."""
+    return [rev(f"regl-{lr}-s{seed}", params(**{"train.lr": lr, "train.seed": seed, "personalize.seed": seed}),
+                test[lr], test[lr], 0.9, val=val[lr] if seed == 0 else None)
+            for lr in (0.01, 0.05) for seed in seeds]
+
+
+def test_a_tuned_cell_takes_the_setting_of_the_best_validation_accuracy_whatever_the_test_says():
+    # lr 0.01 is better on validation, lr 0.05 on test: the choice is lr 0.01, and the table reports lr 0.01's
+    # test accuracy; a selection that read the test split would pick lr 0.05 and fail here
+    from regl.report import flatten
+    g = Grids(TUNED, flatten(BASE))
+    found = runs_of(*tuned_runs(val={0.01: 0.81, 0.05: 0.79}, test={0.01: 0.70, 0.05: 0.90}, seeds=(0, 1, 2)))
+    assert g.choice("tuned/regl/b", found).setting == {"train.lr": 0.01}
+    assert "| ReGL | 70.0 ± 0.0 (3) · lr 0.01 |" in table(g, "tuned", found)
+    from regl.report import search_table
+    assert "| ReGL | b | **lr 0.01: 81.0**; lr 0.05: 79.0 |" in search_table(g, "tuned", found)
+
+
+def test_a_run_without_a_validation_figure_does_not_count_for_the_search():
+    # made before the validation split existed: the same training, but nothing to choose on
+    from regl.report import flatten
+    g = Grids(TUNED, flatten(BASE))
+    old = runs_of(*tuned_runs(val={0.01: None, 0.05: 0.79}, test={0.01: 0.70, 0.05: 0.90}))
+    assert g.choice("tuned/regl/b", old) is None
+    assert "| FedAvg | searching (0 of 2) |" in table(g, "tuned", old)
+    assert "| ReGL | searching (1 of 2) |" in table(g, "tuned", old)
+
+
+def test_every_method_of_a_tuned_grid_gets_the_same_budget():
+    from regl.report import flatten
+    bad = json.loads(json.dumps(TUNED))
+    bad["searches"]["regl"] = {"train.lr": [0.01, 0.02, 0.05]}
+    with pytest.raises(ValueError, match="the search of 'regl' tries 3 settings; every method gets the same budget"):
+        Grids(bad, flatten(BASE))

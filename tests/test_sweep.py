@@ -185,3 +185,34 @@ def test_threads_default_to_params_yaml_not_the_machines_cores(dvc_calls, monkey
     calls, _ = dvc_calls
     sweep.main(["table2", "--cells", "regl-m5", "--seeds", "4"])
     assert calls["table2-regl-m5-s4"]["threads"] == "2"
+
+
+def test_a_tuned_cell_runs_its_search_then_the_setting_validation_chose_at_the_other_seeds(tmp_path, dvc_calls,
+                                                                                           monkeypatch):
+    # one sweep: both candidates at the tune seed; once they are exported, the one with the better validation
+    # accuracy (lr 0.01 here, though lr 0.05 scores better on test) at seeds 1 and 2
+    grids_file, params_file, path = tmp_path / "grids.yaml", tmp_path / "params.yaml", tmp_path / "grid.json"
+    params_file.write_text("threads: 2\ntrain: {algorithm: fedavg, lr: 0.05, seed: 0}\npersonalize: {seed: 0}\n")
+    grids_file.write_text("methods: {fedavg: {label: FedAvg, set: {train.algorithm: fedavg}}}\n"
+                          "searches: {fedavg: {train.lr: [0.05, 0.01]}}\n"
+                          "grids: {tuned: {tune: {seed: 0, budget: 2}, rows: [fedavg], seeds: [0, 1, 2],\n"
+                          "                columns: {c: {title: one}}}}\n")
+    path.write_text("[]")
+    calls, _ = dvc_calls
+    made = []
+
+    def export(_):  # what `dvc exp show --json` would hold after each run: its params, test and val figures
+        name, values = list(calls.items())[-1]
+        lr, seed = float(values["train.lr"]), int(values["train.seed"])
+        train = {"accuracy": 0.9 if lr == 0.05 else 0.7, "accuracy_mean_last_5": 0.9 if lr == 0.05 else 0.7,
+                 "val_accuracy_mean_last_5": 0.6 if lr == 0.05 else 0.8}
+        made.append({"name": name, "revs": [{"name": name, "rev": name, "data": {
+            "timestamp": f"t{len(made)}", "metrics": {"metrics/train.json": {"data": train}},
+            "params": {"params.yaml": {"data": {"threads": 2, "train": {"algorithm": "fedavg", "lr": lr, "seed": seed},
+                                                "personalize": {"seed": seed}}}}}}]})
+        path.write_text(json.dumps([{"rev": "c" * 40, "name": "main", "data": {}, "experiments": made}]))
+
+    monkeypatch.setattr(sweep, "export", export)
+    sweep.main(["--grids", str(grids_file), "--params", str(params_file), "--export", str(path)])
+    assert list(calls) == ["tuned-fedavg-c_lr0.05-s0", "tuned-fedavg-c_lr0.01-s0",
+                           "tuned-fedavg-c_lr0.01-s1", "tuned-fedavg-c_lr0.01-s2"]

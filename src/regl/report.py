@@ -7,10 +7,15 @@ params.yaml (the cell's override, else params.yaml's value), seeds and ``HOW_KEY
 reads no synthetic image, the generator's sections aside (``GENERATOR_SECTIONS``); so a changed default (a new
 pre-training recipe) leaves the runs made before it out of every cell it changes, and only those. A cell shows
 ``mean ± std (n)`` over its runs, in %. Nothing here knows a particular table: the file says what to show.
+
+A *tuned* grid (``tune:``) searches each cell: its method's candidates (``searches:``, the same number for every
+method) run at the tune seed, and the one with the best validation accuracy (mean of the last five rounds; the
+validation split, never the test split) is the cell's setting, run at the grid's seeds and shown on the test split.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import statistics
@@ -47,7 +52,10 @@ class Run:
     name: str  # experiment name or commit
     timestamp: str
     params: dict[str, Any]  # params.yaml flattened: {"train.algorithm": "fedavg", ...}
-    metrics: dict[str, float | None]  # the METRICS columns, as fractions
+    metrics: dict[str, float | None]  # the METRICS columns (test split), as fractions
+    # the validation split's accuracy, mean of the last five rounds: what tuning selects on (None: the run had
+    # no validation split, or diverged)
+    validation: float | None = None
 
     @property
     def seed(self) -> Any:
@@ -64,6 +72,7 @@ class Cell:
     overrides: dict[str, Any]  # the -S overrides, method's then column's
     seeds: tuple[int, ...]
     stages: tuple[str, ...] | None  # only these stages (dvc exp run -s), or all
+    setting: dict[str, Any] | None = None  # a tuned cell's candidate: its search overrides
 
     @property
     def name(self) -> str:
@@ -141,7 +150,8 @@ def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[l
         metrics = {col: _number(files[f].get(key)) for col, (f, key, *_) in METRICS.items()}
         if metrics["final"] is None:  # evaluate did not run: the trained model's own record
             metrics["final"] = _number(files["train.json"].get("accuracy"))
-        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics))
+        validation = _number(files["train.json"].get("val_accuracy_mean_last_5"))
+        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation))
     return found, skipped
 
 
@@ -168,6 +178,9 @@ class Grids:
         self.methods: dict[str, Any] = doc.get("methods") or {}
         self.grids: dict[str, Any] = doc.get("grids") or {}
         self.figures: dict[str, Any] = doc.get("figures") or {}
+        self.searches: dict[str, dict[str, list]] = doc.get("searches") or {}
+        # a tuned grid's (row, column) -> its candidates; its cells are the candidates
+        self.tuned: dict[str, list[Cell]] = {}
         self.cells: dict[str, Cell] = {c.ref: c for name in self.grids for c in self._cells(name)}
         self.keys = sorted({k for c in self.cells.values() for k in c.overrides} - RUN_KEYS)
         missing = [k for k in self.keys if k not in defaults]
@@ -184,12 +197,68 @@ class Grids:
                     raise ValueError(f"grid {grid}: row {row!r} is not under methods")
                 seeds = exceptions.get(f"{row}/{column}", col.get("seeds", spec.get("seeds", [])))
                 method = self.methods[row]
-                yield Cell(grid, row, column, method.get("label", row), str(col.get("title", column)),
-                           {**(method.get("set") or {}), **(col.get("set") or {})}, tuple(seeds),
-                           tuple(col["stages"]) if col.get("stages") else None)
+                cell = Cell(grid, row, column, method.get("label", row), str(col.get("title", column)),
+                            {**(method.get("set") or {}), **(col.get("set") or {})}, tuple(seeds),
+                            tuple(col["stages"]) if col.get("stages") else None)
+                if "tune" not in spec:
+                    yield cell
+                    continue
+                options = self._candidates(grid, row, spec["tune"])
+                self.tuned[cell.ref] = [Cell(grid, row, f"{column}_{tag(o)}", cell.label, cell.title,
+                                             {**cell.overrides, **o}, (spec["tune"]["seed"],), cell.stages, o)
+                                        for o in options]
+                yield from self.tuned[cell.ref]
+
+    def _candidates(self, grid: str, row: str, tune: dict[str, Any]) -> list[dict[str, Any]]:
+        """The settings a tuned cell of method ``row`` tries: every combination of its search's values."""
+        space = self.searches.get(row)
+        if not space:
+            raise ValueError(f"grid {grid}: row {row!r} has no search under searches")
+        options = [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+        if len(options) != tune["budget"]:
+            raise ValueError(f"grid {grid}: the search of {row!r} tries {len(options)} settings; every method gets "
+                             f"the same budget, tune.budget = {tune['budget']}")
+        return options
+
+    def choice(self, ref: str, runs: list[Run]) -> Cell | None:
+        """The tuned cell's setting: the candidate whose run at the tune seed has the best validation accuracy
+        None while a candidate has not run (a candidate that diverged stopped with an error and has no run: the
+        cell waits for a narrower search). Reads the validation figure only: the test split never picks a setting."""
+        scored = []
+        for cand in self.tuned[ref]:
+            run = self.search_run(cand, runs)
+            if run is None:
+                return None
+            scored.append((run.validation, cand))
+        return max(scored, key=lambda sc: sc[0])[1]  # the first of equals: the search's order
+
+    def search_run(self, cand: Cell, runs: list[Run]) -> Run | None:
+        """A candidate's run at the tune seed with a validation figure (one made before the validation split
+        existed is the same training but cannot be chosen on: it runs again)."""
+        return next((r for r in self.runs_of(cand, runs) if r.seed == self.tune_seed(cand)
+                     and r.validation is not None), None)
+
+    def tune_seed(self, cell: Cell) -> int | None:
+        tune = self.grids[cell.grid].get("tune")
+        return tune["seed"] if tune else None
+
+    def chosen_cells(self, runs: list[Run]) -> list[Cell]:
+        """Every tuned cell's choice, with the grid's seeds: the runs that report it on the test split."""
+        out = []
+        for ref, cands in self.tuned.items():
+            best = self.choice(ref, runs)
+            if best is not None:
+                spec = self.grids[best.grid]
+                column = ref.split("/")[2]
+                seeds = (spec.get("cell_seeds") or {}).get(f"{best.row}/{column}",
+                                                            spec["columns"][column].get("seeds", spec.get("seeds", [])))
+                out.append(Cell(best.grid, best.row, best.column, best.label, best.title, best.overrides,
+                                tuple(seeds), best.stages, best.setting))
+        return out
 
     def grid_cells(self, grid: str) -> list[Cell]:
         return [c for c in self.cells.values() if c.grid == grid]
+
 
     def identity(self, cell: Cell) -> dict[str, Any]:
         """What the cell is: params.yaml's value of every key its runs depend on, the cell's overrides over it."""
@@ -217,6 +286,14 @@ class Grids:
         return [by_seed[s] for s in sorted(by_seed, key=str)]
 
 
+def tag(setting: dict[str, Any]) -> str:
+    """A candidate's part of a run name: ``{"train.lr": 0.02, "train.fedprox.mu": 0.1}`` -> ``lr0.02_mu0.1``."""
+    return "_".join(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in setting.items())
+
+
+def setting_text(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in setting.items())
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
@@ -238,6 +315,8 @@ def values(runs: list[Run], metric: str) -> list[float]:
 def table(grids: Grids, grid: str, runs: list[Run], metric: str | None = None) -> str:
     """Markdown: methods x columns of ``metric``; a grid of one row shows its columns as rows, every metric."""
     spec = grids.grids[grid]
+    if "tune" in spec:
+        return tuned_table(grids, grid, runs, metric or "final")
     cells = grids.grid_cells(grid)
     if len(spec["rows"]) == 1:
         lines = ["| variant (test accuracy, %) | " + " | ".join(s for *_, s in METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
@@ -252,6 +331,50 @@ def table(grids: Grids, grid: str, runs: list[Run], metric: str | None = None) -
     for row in spec["rows"]:
         shown = [_shown(grids, at.get((row, col)), runs, metric or "final") for col in columns]
         lines.append(f"| {grids.methods[row].get('label', row)} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def tuned_table(grids: Grids, grid: str, runs: list[Run], metric: str) -> str:
+    """A tuned grid: each cell's chosen setting on the test split, ``mean ± std (n)`` and the setting; a cell
+    still searching shows how many of its candidates have run."""
+    spec = grids.grids[grid]
+    columns = list(spec["columns"])
+    lines = ["| method | " + " | ".join(str(spec["columns"][col].get("title", col)) for col in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for row in spec["rows"]:
+        shown = []
+        for col in columns:
+            ref = f"{grid}/{row}/{col}"
+            if ref not in grids.tuned:
+                shown.append("")
+                continue
+            best = grids.choice(ref, runs)
+            if best is None:
+                ran = sum(1 for c in grids.tuned[ref] if grids.search_run(c, runs))
+                shown.append(f"searching ({ran} of {len(grids.tuned[ref])})")
+                continue
+            chosen = [c for c in grids.chosen_cells(runs) if c.ref == best.ref][0]
+            shown.append(f"{mean_std(values(grids.runs_of(chosen, runs), metric))} · {setting_text(best.setting)}")
+        lines.append(f"| {grids.methods[row].get('label', row)} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def search_table(grids: Grids, grid: str, runs: list[Run]) -> str:
+    """What a tuned grid chose on: every candidate's validation accuracy (mean of the last five rounds, %) at the
+    tune seed, the chosen one in bold."""
+    lines = ["| method | column | candidates: validation accuracy, mean of the last five rounds (%) |", "|---|---|---|"]
+    for ref, cands in grids.tuned.items():
+        if not ref.startswith(f"{grid}/"):
+            continue
+        best = grids.choice(ref, runs)
+        parts = []
+        for c in cands:
+            run = grids.search_run(c, runs)
+            score = "–" if run is None else f"{100 * run.validation:.1f}"
+            text = f"{setting_text(c.setting)}: {score}"
+            parts.append(f"**{text}**" if best is not None and c.ref == best.ref else text)
+        _, row, column = ref.split("/")
+        lines.append(f"| {grids.methods[row].get('label', row)} | {column} | " + "; ".join(parts) + " |")
     return "\n".join(lines)
 
 
@@ -273,8 +396,11 @@ def blocks(grids: Grids) -> list[tuple[str, str | None]]:
 
 
 def render(grids: Grids, runs: list[Run]) -> str:
-    """Every table of the grids file, with its title."""
-    return "\n\n".join(f"{block_title(grids, g, m)}\n\n{table(grids, g, runs, m)}" for g, m in blocks(grids))
+    """Every table of the grids file, with its title; a tuned grid's search after its tables."""
+    out = [f"{block_title(grids, g, m)}\n\n{table(grids, g, runs, m)}" for g, m in blocks(grids)]
+    out += [f"{g}: the search (validation split)\n\n{search_table(grids, g, runs)}" for g, spec in grids.grids.items()
+            if "tune" in spec]
+    return "\n\n".join(out)
 
 
 MARKER = re.compile(r"(<!-- regl report: (\S+)(?: (\S+))? -->\n)(.*?)(<!-- end -->)", re.S)
@@ -282,12 +408,14 @@ MARKER = re.compile(r"(<!-- regl report: (\S+)(?: (\S+))? -->\n)(.*?)(<!-- end -
 
 def fill(text: str, grids: Grids, runs: list[Run]) -> str:
     """``text`` with the table under every ``<!-- regl report: GRID [METRIC] -->`` marker made anew (up to its
-    ``<!-- end -->``)."""
+    ``<!-- end -->``); METRIC ``search`` is a tuned grid's search."""
     def one(m: re.Match) -> str:
         grid, metric = m.group(2), m.group(3)
-        if grid not in grids.grids or (metric is not None and metric not in METRICS):
+        search = metric == "search" and grid in grids.grids and "tune" in grids.grids[grid]
+        if grid not in grids.grids or (metric is not None and metric not in METRICS and not search):
             raise ValueError(f"marker {m.group(1).strip()}: no grid {grid!r} or metric {metric!r}")
-        return f"{m.group(1)}{table(grids, grid, runs, metric)}\n{m.group(5)}"
+        made = search_table(grids, grid, runs) if search else table(grids, grid, runs, metric)
+        return f"{m.group(1)}{made}\n{m.group(5)}"
     return MARKER.sub(one, text)
 
 
