@@ -68,6 +68,8 @@ def test_the_validation_curve_scores_the_global_model_on_the_validation_split(tr
     assert curve(repo, "val/loss")[-1][1] == round(on["val"]["loss"], 6) != round(on["test"]["loss"], 6)
     val = curve(repo, "val/accuracy")
     assert [r for r, _ in val] == [1, 2, 3] and val[-1][1] == metrics["val_accuracy"]
+    assert metrics["by_round"] == {"accuracy": [v for _, v in curve(repo, "test/accuracy")],
+                                   "val_accuracy": [v for _, v in val]}
     assert metrics["val_accuracy_mean_last_5"] == round(sum(v for _, v in val) / 3, 6)
     assert metrics["real_images"] == 800  # the pool gave up 100 images: no cap (max_train null) left room
 

@@ -278,3 +278,23 @@ def test_every_method_of_a_tuned_grid_gets_the_same_budget():
     bad["searches"]["regl"] = {"train.lr": [0.01, 0.02, 0.05]}
     with pytest.raises(ValueError, match="the search of 'regl' tries 3 settings; every method gets the same budget"):
         Grids(bad, flatten(BASE))
+
+
+def test_a_following_grid_runs_each_method_at_the_setting_its_tuned_cell_chose_and_draws_its_curves(tmp_path):
+    from regl.report import flatten
+    doc = {**TUNED, "grids": {**TUNED["grids"], "long": {
+        "follows": "tuned/b", "rows": ["regl"], "seeds": [0], "columns": {"r60": {"set": {"train.rounds": 60}}}}},
+        "figures": {"long": {"panels": [{"title": "60 rounds", "curves": {"ReGL": "long/regl/r60"}}]}}}
+    g = Grids(doc, flatten({**BASE, "train": {**BASE["train"], "rounds": 20}}))
+    search = tuned_runs(val={0.01: 0.81, 0.05: 0.79}, test={0.01: 0.70, 0.05: 0.90})
+    chosen = g.cell("long/regl/r60", runs_of(*search)).overrides
+    assert chosen["train.lr"] == 0.01 and chosen["train.rounds"] == 60
+    assert "train.rounds" in g.run_params(g.cells["tuned/fedavg/b_lr0.01"])  # reset to 20 in every other run
+    long = rev("long", params(**{"train.lr": 0.01, "train.rounds": 60}), 0.8, 0.8, 0.9)
+    long["revs"][0]["data"]["metrics"]["metrics/train.json"]["data"]["by_round"] = {"accuracy": [0.5, 0.7, 0.8]}
+    found = runs_of(*search, long)
+    assert [r.name for r in g.runs_of(g.cell("long/regl/r60", found), found)] == ["long"]
+    assert "| ReGL | 80.0 (1) · lr 0.01 |" in table(g, "long", found, "final")
+    (png,) = draw_figures(g, found, tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and draw_figures(g, found, tmp_path / "b")[0].read_bytes() == \
+        png.read_bytes()

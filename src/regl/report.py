@@ -56,6 +56,8 @@ class Run:
     # the validation split's accuracy, mean of the last five rounds: what tuning selects on (None: the run had
     # no validation split, or diverged)
     validation: float | None = None
+    # test accuracy after each round (train.json's by_round; empty for a run made before it was recorded)
+    curve: tuple[float, ...] = ()
 
     @property
     def seed(self) -> Any:
@@ -151,7 +153,8 @@ def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[l
         if metrics["final"] is None:  # evaluate did not run: the trained model's own record
             metrics["final"] = _number(files["train.json"].get("accuracy"))
         validation = _number(files["train.json"].get("val_accuracy_mean_last_5"))
-        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation))
+        curve = tuple((files["train.json"].get("by_round") or {}).get("accuracy") or ())
+        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation, curve))
     return found, skipped
 
 
@@ -181,8 +184,11 @@ class Grids:
         self.searches: dict[str, dict[str, list]] = doc.get("searches") or {}
         # a tuned grid's (row, column) -> its candidates; its cells are the candidates
         self.tuned: dict[str, list[Cell]] = {}
+        # a following grid's cell -> (the cell without the setting, the tuned cell whose choice it takes)
+        self.following: dict[str, tuple[Cell, str]] = {}
         self.cells: dict[str, Cell] = {c.ref: c for name in self.grids for c in self._cells(name)}
-        self.keys = sorted({k for c in self.cells.values() for k in c.overrides} - RUN_KEYS)
+        templates = [t for t, _ in self.following.values()]
+        self.keys = sorted({k for c in [*self.cells.values(), *templates] for k in c.overrides} - RUN_KEYS)
         missing = [k for k in self.keys if k not in defaults]
         if missing:
             raise ValueError(f"grids file sets {missing}, which params.yaml does not have")
@@ -195,11 +201,17 @@ class Grids:
             for row in col.get("rows") or spec["rows"]:
                 if row not in self.methods:
                     raise ValueError(f"grid {grid}: row {row!r} is not under methods")
+                if "_" in column:  # a tuned cell's runs are named <column>_<setting>
+                    raise ValueError(f"grid {grid}: column {column!r}: a column id holds no '_'")
                 seeds = exceptions.get(f"{row}/{column}", col.get("seeds", spec.get("seeds", [])))
                 method = self.methods[row]
                 cell = Cell(grid, row, column, method.get("label", row), str(col.get("title", column)),
                             {**(method.get("set") or {}), **(col.get("set") or {})}, tuple(seeds),
                             tuple(col["stages"]) if col.get("stages") else None)
+                if "follows" in spec:
+                    self.following[cell.ref] = (cell, f"{spec['follows'].split('/')[0]}/{row}/"
+                                                      f"{spec['follows'].split('/')[1]}")
+                    continue
                 if "tune" not in spec:
                     yield cell
                     continue
@@ -241,6 +253,31 @@ class Grids:
     def tune_seed(self, cell: Cell) -> int | None:
         tune = self.grids[cell.grid].get("tune")
         return tune["seed"] if tune else None
+
+    def resolved_cells(self, runs: list[Run]) -> list[Cell]:
+        """The cells the runs decide: every tuned cell's choice at the grid's seeds, and every following grid's
+        cell at the setting its tuned cell chose (those whose search has finished)."""
+        chosen = self.chosen_cells(runs)
+        out = list(chosen)
+        for ref, (template, source) in self.following.items():
+            if source not in self.tuned:
+                raise ValueError(f"grid {template.grid}: follows {source!r}, which is no tuned cell")
+            best = self.choice(source, runs)
+            if best is not None:
+                overrides = {**best.overrides, **template.overrides}
+                out.append(Cell(template.grid, template.row, f"{template.column}_{tag(best.setting)}",
+                                template.label, template.title, overrides, template.seeds, template.stages,
+                                best.setting))
+        return out
+
+    def cell(self, ref: str, runs: list[Run]) -> Cell | None:
+        """The cell at ``grid/row/column``: a fixed one, or the one the runs decide (None while undecided)."""
+        if ref in self.cells:
+            return self.cells[ref]
+        if ref not in self.tuned and ref not in self.following:
+            raise ValueError(f"{ref!r}: no such grid/row/column")
+        return next((c for c in self.resolved_cells(runs) if f"{c.grid}/{c.row}/{c.column.split('_')[0]}" == ref),
+                    None)
 
     def chosen_cells(self, runs: list[Run]) -> list[Cell]:
         """Every tuned cell's choice, with the grid's seeds: the runs that report it on the test split."""
@@ -315,8 +352,8 @@ def values(runs: list[Run], metric: str) -> list[float]:
 def table(grids: Grids, grid: str, runs: list[Run], metric: str | None = None) -> str:
     """Markdown: methods x columns of ``metric``; a grid of one row shows its columns as rows, every metric."""
     spec = grids.grids[grid]
-    if "tune" in spec:
-        return tuned_table(grids, grid, runs, metric or "final")
+    if "tune" in spec or "follows" in spec:
+        return resolved_table(grids, grid, runs, metric or "final")
     cells = grids.grid_cells(grid)
     if len(spec["rows"]) == 1:
         lines = ["| variant (test accuracy, %) | " + " | ".join(s for *_, s in METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]
@@ -334,9 +371,9 @@ def table(grids: Grids, grid: str, runs: list[Run], metric: str | None = None) -
     return "\n".join(lines)
 
 
-def tuned_table(grids: Grids, grid: str, runs: list[Run], metric: str) -> str:
-    """A tuned grid: each cell's chosen setting on the test split, ``mean ± std (n)`` and the setting; a cell
-    still searching shows how many of its candidates have run."""
+def resolved_table(grids: Grids, grid: str, runs: list[Run], metric: str) -> str:
+    """A tuned or following grid: each cell at the setting its search chose, on the test split, ``mean ± std (n)
+    · setting``; a cell still searching shows how many of its candidates have run."""
     spec = grids.grids[grid]
     columns = list(spec["columns"])
     lines = ["| method | " + " | ".join(str(spec["columns"][col].get("title", col)) for col in columns) + " |",
@@ -345,16 +382,16 @@ def tuned_table(grids: Grids, grid: str, runs: list[Run], metric: str) -> str:
         shown = []
         for col in columns:
             ref = f"{grid}/{row}/{col}"
-            if ref not in grids.tuned:
+            if ref not in grids.tuned and ref not in grids.following:
                 shown.append("")
                 continue
-            best = grids.choice(ref, runs)
-            if best is None:
-                ran = sum(1 for c in grids.tuned[ref] if grids.search_run(c, runs))
-                shown.append(f"searching ({ran} of {len(grids.tuned[ref])})")
+            cell = grids.cell(ref, runs)
+            if cell is None:
+                source = grids.following[ref][1] if ref in grids.following else ref
+                ran = sum(1 for c in grids.tuned[source] if grids.search_run(c, runs))
+                shown.append(f"searching ({ran} of {len(grids.tuned[source])})")
                 continue
-            chosen = [c for c in grids.chosen_cells(runs) if c.ref == best.ref][0]
-            shown.append(f"{mean_std(values(grids.runs_of(chosen, runs), metric))} · {setting_text(best.setting)}")
+            shown.append(f"{mean_std(values(grids.runs_of(cell, runs), metric))} · {setting_text(cell.setting)}")
         lines.append(f"| {grids.methods[row].get('label', row)} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -425,12 +462,32 @@ def figure_points(grids: Grids, runs: list[Run], refs: dict[Any, str], metric: s
     """(key, mean %, std %) of every ref with at least one run; the std is 0 for a single run."""
     out = []
     for key, ref in refs.items():
-        if ref not in grids.cells:
-            raise ValueError(f"figure point {ref!r}: no such grid/row/column")
-        v = values(grids.runs_of(grids.cells[ref], runs), metric)
+        cell = grids.cell(ref, runs)
+        v = values(grids.runs_of(cell, runs), metric) if cell else []
         if v:
             out.append((key, 100 * statistics.fmean(v), 100 * statistics.stdev(v) if len(v) > 1 else 0.0))
     return out
+
+
+def draw_curves(ax: Any, grids: Grids, runs: list[Run], refs: dict[str, str]) -> None:
+    """Test accuracy by round of each ref's runs: the mean over seeds, the band one std either side."""
+    for i, (label, ref) in enumerate(refs.items()):
+        cell = grids.cell(ref, runs)
+        curves = [r.curve for r in grids.runs_of(cell, runs) if r.curve] if cell else []
+        if not curves:
+            continue
+        rounds = min(len(c) for c in curves)
+        by_round = [[100 * c[k] for c in curves] for k in range(rounds)]
+        mean = [statistics.fmean(v) for v in by_round]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in by_round]
+        xs = range(1, rounds + 1)
+        ax.plot(xs, mean, color=f"C{i}", label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        ax.fill_between(xs, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                        color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    if ax.has_data():
+        ax.legend(fontsize=8)
 
 
 def draw_figures(grids: Grids, runs: list[Run], folder: Path) -> list[Path]:
@@ -450,6 +507,8 @@ def draw_figures(grids: Grids, runs: list[Run], folder: Path) -> list[Path]:
                 ax.set_xticks(range(len(pts)), [p[0] for p in pts])
                 for i, p in enumerate(pts):
                     ax.text(i, p[1] + p[2] + 1, f"{p[1]:.1f}", ha="center", va="bottom", fontsize=9)
+            elif "curves" in panel:
+                draw_curves(ax, grids, runs, panel["curves"])
             else:
                 for label, refs in panel["lines"].items():
                     pts = figure_points(grids, runs, refs, metric)
@@ -458,9 +517,13 @@ def draw_figures(grids: Grids, runs: list[Run], folder: Path) -> list[Path]:
                 ax.set_xlabel(panel.get("x", ""))
                 ax.legend(fontsize=8)
             ax.set_ylim(0, 100)
-            ax.set_ylabel(f"test accuracy (%), {'mean of the last five rounds' if metric == 'last5' else metric}")
+            if "curves" not in panel:
+                ax.set_ylabel(f"test accuracy (%), {'mean of the last five rounds' if metric == 'last5' else metric}")
             ax.set_title(panel.get("title", ""))
             ax.grid(axis="y", alpha=0.3)
+        if not any(ax.has_data() for ax in axes[0]):  # nothing run yet: no empty chart
+            plt.close(fig)
+            continue
         path = folder / f"{name}.png"
         folder.mkdir(parents=True, exist_ok=True)
         save_figure(fig, path)

@@ -256,6 +256,9 @@ def train_metrics(setup: RunSetup, curve: list[dict], real: int, synthetic: int)
         "num_clients": len(setup.clients),
         "real_images": real,
         "synthetic_images": synthetic,
+        # the curve, round by round, where `dvc exp show --json` exports it with the run (so that `regl report`
+        # draws curves from an export); DVC's metric tables show numbers only and leave these lists out
+        "by_round": {key: [r[key] for r in curve] for key in ("accuracy", "val_accuracy") if key in last},
     }
 
 
