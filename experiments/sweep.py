@@ -14,14 +14,18 @@ leaks from the run before (`dvc exp run` leaves its params in the workspace), an
 workers`: N experiments side by side, each at full thread count, spin-wait on shared cores. With `--export FILE`,
 `dvc exp show --json` of every commit the runs were made from is merged into FILE after every finished run
 (commit it as you go). A run that fails (a diverged run stops with an error) is reported and the sweep goes on;
-it exits 1 at the end.
+it exits 1 at the end. A tuned grid's cell (docs/experiments.md, "Tuning on the validation split") runs its search
+first, then, in the same sweep, the setting its validation accuracy chose at the grid's seeds; a search run that
+diverged is recorded in the export as such, its search's worst setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,8 +102,8 @@ def done_seeds(grids: Grids, cell: Cell, exported: list, names: set[str]) -> set
     """The seeds of ``cell`` that ran: finished runs with the cell's params in the export, or runs of the cell's
     name in this clone's DVC."""
     runs = grids.runs_of(cell, exported)
-    if cell.setting is not None:  # a tuned cell's search run counts only with its validation figure
-        runs = [r for r in runs if r.seed != grids.tune_seed(cell) or r.validation is not None]
+    if cell.setting is not None:  # a tuned cell's search run counts only with its validation figure, or diverged
+        runs = [r for r in runs if r.seed != grids.tune_seed(cell) or r.validation is not None or r.diverged]
     return {r.seed for r in runs} | {s for s in cell.seeds if run_name(cell, s) in names}
 
 
@@ -135,8 +139,26 @@ def plan(grids: Grids, cells: list[Cell], exported: list, names: set[str], seeds
     return sorted(todo, key=lambda sc: sc[0]), done
 
 
-def run(grids: Grids, cell: Cell, seed: int, threads: int, queue: bool, dry_run: bool) -> bool:
-    """One `dvc exp run` of ``cell`` at ``seed`` (printed; queued with ``queue``); whether it succeeded."""
+# the line federated_train stops a diverged run with (regl.federated.train.divergence_error)
+DIVERGED = re.compile(r"error: (round \d+: the global model's test loss is [^\n]*diverged[^\n]*)")
+
+
+def launch(cmd: list[str]) -> tuple[int, str]:
+    """Run ``cmd``, its stderr passed through as it comes (progress bars included); (exit code, stderr's tail)."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    tail = b""
+    for chunk in iter(lambda: proc.stderr.read1(65536), b""):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+        tail = (tail + chunk)[-65536:]
+    return proc.wait(), tail.decode(errors="replace")
+
+
+def run(grids: Grids, cell: Cell, seed: int, threads: int, queue: bool, dry_run: bool,
+        export_file: Path | None = None) -> bool:
+    """One `dvc exp run` of ``cell`` at ``seed`` (printed; queued with ``queue``); whether it succeeded. A run of a
+    tuned cell's search that diverged is recorded in ``export_file`` as diverged: a search counts it as its worst
+    setting, and no sweep runs it again."""
     name = run_name(cell, seed)
     values = {**grids.run_params(cell), "train.seed": seed, "personalize.seed": seed, "threads": threads}
     cmd = ["dvc", "exp", "run", "-n", name] + (["--queue"] if queue else [])
@@ -146,10 +168,37 @@ def run(grids: Grids, cell: Cell, seed: int, threads: int, queue: bool, dry_run:
     print(" ".join(cmd), flush=True)
     if dry_run:
         return True
-    if subprocess.run(cmd).returncode != 0:
-        print(f"run {name} failed (its error is above); going on with the next", flush=True)
+    code, stderr = launch(cmd)
+    if code == 0:
+        return True
+    diverged = DIVERGED.search(stderr)
+    if diverged and export_file is not None and cell.setting is not None and seed == grids.tune_seed(cell):
+        record_diverged(export_file, name, values, diverged.group(1))
+        print(f"run {name} diverged: recorded in {export_file} as its search's worst setting", flush=True)
         return False
-    return True
+    print(f"run {name} failed (its error is above); going on with the next", flush=True)
+    return False
+
+
+def record_diverged(path: Path, name: str, values: dict, error: str) -> None:
+    """Add to the export a finished-looking record of a run that stopped diverged: its params and train.json's
+    ``diverged`` (the error), which `regl report` reads as a run that diverged."""
+    nested: dict = {}
+    for dotted, value in values.items():
+        *keys, last = dotted.split(".")
+        node = nested
+        for key in keys:
+            node = node.setdefault(key, {})
+        node[last] = value
+    data = {"rev": name, "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "params": {"params.yaml": {"data": nested}},
+            "metrics": {"metrics/train.json": {"data": {"diverged": error}}}}
+    entry = {"rev": "diverged", "name": "runs that stopped diverged (experiments/sweep.py)", "data": {},
+             "experiments": [{"name": name, "executor": None, "revs": [{"rev": name, "name": name, "data": data}]}]}
+    old = json.loads(path.read_text()) if path.exists() else []
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(merge_exports(old, [entry])) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             break
         for seed, cell in todo:
             tried.add(run_name(cell, seed))
-            if not run(grids, cell, seed, threads, args.queue, args.dry_run):
+            if not run(grids, cell, seed, threads, args.queue, args.dry_run, args.export):
                 failed.append(run_name(cell, seed))
             if args.export:
                 export(args.export)

@@ -13,9 +13,15 @@ sweep = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(sweep)
 
 
+# what federated_train prints when it stops a diverged run
+DIVERGED_LINE = ("error: round 3: the global model's test loss is nan: scaffold diverged with this recipe; lower "
+                 "train.lr (SCAFFOLD, FedNova and MOON need a smaller one)\n")
+
+
 @pytest.fixture
 def dvc_calls(monkeypatch):
-    """Every `dvc exp run` the sweep makes, as {name: {key: value}}; runs named in ``fail`` exit 1."""
+    """Every `dvc exp run` the sweep makes, as {name: {key: value}}; runs named in ``fail`` exit 1, those whose
+    name contains a string of ``fail`` that starts with "diverge:" exit 1 printing federated_train's divergence."""
     calls, fail = {}, set()
 
     def run(cmd, *args, **kwargs):
@@ -25,7 +31,15 @@ def dvc_calls(monkeypatch):
             raise subprocess.CalledProcessError(1, cmd)
         return subprocess.CompletedProcess(cmd, 1 if name in fail else 0)
 
+    def launch(cmd):
+        name = cmd[cmd.index("-n") + 1]
+        code = run(cmd).returncode
+        if any(f.startswith("diverge:") and f[8:] in name for f in fail):
+            return 1, DIVERGED_LINE
+        return code, ""
+
     monkeypatch.setattr(sweep.subprocess, "run", run)
+    monkeypatch.setattr(sweep, "launch", launch)
     monkeypatch.setattr(sweep, "existing_names", lambda: set())
     return calls, fail
 
@@ -187,10 +201,9 @@ def test_threads_default_to_params_yaml_not_the_machines_cores(dvc_calls, monkey
     assert calls["table2-regl-m5-s4"]["threads"] == "2"
 
 
-def test_a_tuned_cell_runs_its_search_then_the_setting_validation_chose_at_the_other_seeds(tmp_path, dvc_calls,
-                                                                                           monkeypatch):
-    # one sweep: both candidates at the tune seed; once they are exported, the one with the better validation
-    # accuracy (lr 0.01 here, though lr 0.05 scores better on test) at seeds 1 and 2
+def tuned_sweep(tmp_path, calls, monkeypatch):
+    """A grids file with one tuned cell (FedAvg, lr 0.05 or 0.01, seeds 0-2) and an export the fake `dvc exp run`
+    fills: lr 0.01 scores better on validation (0.8 against 0.6), lr 0.05 on test (0.9 against 0.7)."""
     grids_file, params_file, path = tmp_path / "grids.yaml", tmp_path / "params.yaml", tmp_path / "grid.json"
     params_file.write_text("threads: 2\ntrain: {algorithm: fedavg, lr: 0.05, seed: 0}\npersonalize: {seed: 0}\n")
     grids_file.write_text("methods: {fedavg: {label: FedAvg, set: {train.algorithm: fedavg}}}\n"
@@ -198,11 +211,12 @@ def test_a_tuned_cell_runs_its_search_then_the_setting_validation_chose_at_the_o
                           "grids: {tuned: {tune: {seed: 0, budget: 2}, rows: [fedavg], seeds: [0, 1, 2],\n"
                           "                columns: {c: {title: one}}}}\n")
     path.write_text("[]")
-    calls, _ = dvc_calls
     made = []
 
     def export(_):  # what `dvc exp show --json` would hold after each run: its params, test and val figures
         name, values = list(calls.items())[-1]
+        if any(e["name"] == name for e in made) or "diverged" in path.read_text() and name.endswith("lr0.05-s0"):
+            return
         lr, seed = float(values["train.lr"]), int(values["train.seed"])
         train = {"accuracy": 0.9 if lr == 0.05 else 0.7, "accuracy_mean_last_5": 0.9 if lr == 0.05 else 0.7,
                  "val_accuracy_mean_last_5": 0.6 if lr == 0.05 else 0.8}
@@ -210,9 +224,36 @@ def test_a_tuned_cell_runs_its_search_then_the_setting_validation_chose_at_the_o
             "timestamp": f"t{len(made)}", "metrics": {"metrics/train.json": {"data": train}},
             "params": {"params.yaml": {"data": {"threads": 2, "train": {"algorithm": "fedavg", "lr": lr, "seed": seed},
                                                 "personalize": {"seed": seed}}}}}}]})
-        path.write_text(json.dumps([{"rev": "c" * 40, "name": "main", "data": {}, "experiments": made}]))
+        kept = [e for e in json.loads(path.read_text()) if e["rev"] == "diverged"]
+        path.write_text(json.dumps(kept + [{"rev": "c" * 40, "name": "main", "data": {}, "experiments": made}]))
 
     monkeypatch.setattr(sweep, "export", export)
-    sweep.main(["--grids", str(grids_file), "--params", str(params_file), "--export", str(path)])
+    return ["--grids", str(grids_file), "--params", str(params_file), "--export", str(path)]
+
+
+def test_a_tuned_cell_runs_its_search_then_the_setting_validation_chose_at_the_other_seeds(tmp_path, dvc_calls,
+                                                                                           monkeypatch):
+    # one sweep: both candidates at the tune seed; once they are exported, the one with the better validation
+    # accuracy (lr 0.01 here, though lr 0.05 scores better on test) at seeds 1 and 2
+    calls, _ = dvc_calls
+    sweep.main(tuned_sweep(tmp_path, calls, monkeypatch))
     assert list(calls) == ["tuned-fedavg-c_lr0.05-s0", "tuned-fedavg-c_lr0.01-s0",
                            "tuned-fedavg-c_lr0.01-s1", "tuned-fedavg-c_lr0.01-s2"]
+
+
+def test_a_search_run_that_diverged_is_recorded_as_the_worst_setting_and_not_run_again(tmp_path, dvc_calls,
+                                                                                       monkeypatch, capsys):
+    calls, fail = dvc_calls
+    fail.add("diverge:lr0.05-s0")
+    args = tuned_sweep(tmp_path, calls, monkeypatch)
+    with pytest.raises(SystemExit, match="1 run\\(s\\) failed: tuned-fedavg-c_lr0.05-s0"):
+        sweep.main(args)
+    assert list(calls) == ["tuned-fedavg-c_lr0.05-s0", "tuned-fedavg-c_lr0.01-s0",
+                           "tuned-fedavg-c_lr0.01-s1", "tuned-fedavg-c_lr0.01-s2"]
+    from regl.report import read_runs
+    runs, notes = read_runs(json.loads((tmp_path / "grid.json").read_text()), diverged=True)
+    assert [r.name for r in runs if r.diverged] == ["tuned-fedavg-c_lr0.05-s0"]
+    assert any("diverged (round 3: the global model's test loss is nan" in n for n in notes)
+    calls.clear()
+    sweep.main(args)
+    assert calls == {} and capsys.readouterr().out.endswith("4 run(s) done, 0 to run\n")

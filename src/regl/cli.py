@@ -46,10 +46,10 @@ def report(
     except (OSError, ValueError, KeyError) as exc:
         typer.echo(f"error: {grids_file}: {exc}", err=True)
         raise typer.Exit(2)
-    found, skipped = read_runs(data)
+    found, skipped = read_runs(data, diverged=True)  # diverged runs: no table shows them, a search counts them
     for note in skipped:
         typer.echo(f"note: skipped {note}", err=True)
-    if not found:
+    if not [r for r in found if not r.diverged]:
         typer.echo("error: no experiment with training metrics (train.json) found (run `dvc exp run` first)", err=True)
         raise typer.Exit(2)
     if figures is not None:

@@ -58,6 +58,8 @@ class Run:
     validation: float | None = None
     # test accuracy after each round (train.json's by_round; empty for a run made before it was recorded)
     curve: tuple[float, ...] = ()
+    # it diverged: no result in any table, but it ran (a sweep does not redo it; a search counts it as the worst)
+    diverged: bool = False
 
     @property
     def seed(self) -> Any:
@@ -134,7 +136,8 @@ def _error(entry: dict[str, Any]) -> str | None:
 
 def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[list[Run], list[str]]:
     """The runs that finished with training metrics, and a note for each record skipped (failed, diverged, no
-    metrics). ``diverged``: keep the runs that finished with a NaN loss too (they ran: a sweep does not redo them)."""
+    metrics). ``diverged``: keep the diverged runs too, flagged (noted all the same): they ran, so a sweep does not
+    redo them and a search counts them; no table shows their figures."""
     found, skipped = [], []
     for name, data, commit, error in _records(exp_show):
         params = flatten(_file(data, "params", "params.yaml"))
@@ -146,15 +149,16 @@ def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[l
                 skipped.append(f"{name}: no training metrics (train.json)")
             continue
         files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json")}
-        if (why := _diverged(files["train.json"])) and not diverged:
+        if why := _diverged(files["train.json"]):
             skipped.append(f"{name}: {why}")
-            continue
+            if not diverged:
+                continue
         metrics = {col: _number(files[f].get(key)) for col, (f, key, *_) in METRICS.items()}
         if metrics["final"] is None:  # evaluate did not run: the trained model's own record
             metrics["final"] = _number(files["train.json"].get("accuracy"))
         validation = _number(files["train.json"].get("val_accuracy_mean_last_5"))
         curve = tuple((files["train.json"].get("by_round") or {}).get("accuracy") or ())
-        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation, curve))
+        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation, curve, bool(why)))
     return found, skipped
 
 
@@ -164,6 +168,8 @@ def _diverged(train: dict[str, Any]) -> str | None:
     loss = train.get("loss")
     if isinstance(loss, (int, float)) and not math.isfinite(loss):
         return f"diverged (the global model's test loss is {loss}; regl stops such a run with an error)"
+    if train.get("diverged"):  # the sweep's record of a run that stopped so (experiments/sweep.py)
+        return f"diverged ({train['diverged']})"
     return None
 
 
@@ -234,21 +240,21 @@ class Grids:
 
     def choice(self, ref: str, runs: list[Run]) -> Cell | None:
         """The tuned cell's setting: the candidate whose run at the tune seed has the best validation accuracy
-        None while a candidate has not run (a candidate that diverged stopped with an error and has no run: the
-        cell waits for a narrower search). Reads the validation figure only: the test split never picks a setting."""
+        a diverged candidate the worst; None while a candidate has not run. Reads the validation figure only: the
+        test split never picks a setting."""
         scored = []
         for cand in self.tuned[ref]:
             run = self.search_run(cand, runs)
             if run is None:
                 return None
-            scored.append((run.validation, cand))
+            scored.append((-math.inf if run.diverged else run.validation, cand))
         return max(scored, key=lambda sc: sc[0])[1]  # the first of equals: the search's order
 
     def search_run(self, cand: Cell, runs: list[Run]) -> Run | None:
-        """A candidate's run at the tune seed with a validation figure (one made before the validation split
-        existed is the same training but cannot be chosen on: it runs again)."""
+        """A candidate's run at the tune seed with a validation figure, or diverged (one made before the validation
+        split existed is the same training but cannot be chosen on: it runs again)."""
         return next((r for r in self.runs_of(cand, runs) if r.seed == self.tune_seed(cand)
-                     and r.validation is not None), None)
+                     and (r.validation is not None or r.diverged)), None)
 
     def tune_seed(self, cell: Cell) -> int | None:
         tune = self.grids[cell.grid].get("tune")
@@ -346,7 +352,7 @@ def load_grids(grids_file: Path, params_file: Path) -> Grids:
 # --- tables ----------------------------------------------------------------------------------------------------
 
 def values(runs: list[Run], metric: str) -> list[float]:
-    return [r.metrics[metric] for r in runs if r.metrics.get(metric) is not None]
+    return [r.metrics[metric] for r in runs if r.metrics.get(metric) is not None and not r.diverged]
 
 
 def table(grids: Grids, grid: str, runs: list[Run], metric: str | None = None) -> str:
@@ -407,7 +413,7 @@ def search_table(grids: Grids, grid: str, runs: list[Run]) -> str:
         parts = []
         for c in cands:
             run = grids.search_run(c, runs)
-            score = "–" if run is None else f"{100 * run.validation:.1f}"
+            score = "–" if run is None else "diverged" if run.diverged else f"{100 * run.validation:.1f}"
             text = f"{setting_text(c.setting)}: {score}"
             parts.append(f"**{text}**" if best is not None and c.ref == best.ref else text)
         _, row, column = ref.split("/")
@@ -473,7 +479,7 @@ def draw_curves(ax: Any, grids: Grids, runs: list[Run], refs: dict[str, str]) ->
     """Test accuracy by round of each ref's runs: the mean over seeds, the band one std either side."""
     for i, (label, ref) in enumerate(refs.items()):
         cell = grids.cell(ref, runs)
-        curves = [r.curve for r in grids.runs_of(cell, runs) if r.curve] if cell else []
+        curves = [r.curve for r in grids.runs_of(cell, runs) if r.curve and not r.diverged] if cell else []
         if not curves:
             continue
         rounds = min(len(c) for c in curves)
