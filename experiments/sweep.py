@@ -34,7 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from regl.report import Cell, Grids, load_grids, read_runs  # noqa: E402
+from regl.report import Cell, Grids, load_grids, read_runs, unflatten  # noqa: E402
 
 
 def value_arg(value) -> str:
@@ -183,15 +183,8 @@ def run(grids: Grids, cell: Cell, seed: int, threads: int, queue: bool, dry_run:
 def record_diverged(path: Path, name: str, values: dict, error: str) -> None:
     """Add to the export a finished-looking record of a run that stopped diverged: its params and train.json's
     ``diverged`` (the error), which `regl report` reads as a run that diverged."""
-    nested: dict = {}
-    for dotted, value in values.items():
-        *keys, last = dotted.split(".")
-        node = nested
-        for key in keys:
-            node = node.setdefault(key, {})
-        node[last] = value
     data = {"rev": name, "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "params": {"params.yaml": {"data": nested}},
+            "params": {"params.yaml": {"data": unflatten(values)}},
             "metrics": {"metrics/train.json": {"data": {"diverged": error}}}}
     entry = {"rev": "diverged", "name": "runs that stopped diverged (experiments/sweep.py)", "data": {},
              "experiments": [{"name": name, "executor": None, "revs": [{"rev": name, "name": name, "data": data}]}]}

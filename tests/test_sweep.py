@@ -106,21 +106,14 @@ def test_runs_are_found_under_every_baseline_commit():
 def _run_data(name, metric, params_changes=None):
     """A finished run named like the sweep names them (<grid>-<row>-<column>-s<seed>), with that cell's params
     over params.yaml and ``params_changes``; names of no cell get no params."""
-    from regl.report import load_grids
+    from regl.report import load_grids, unflatten
     grids = load_grids(ROOT / "experiments" / "grids.yaml", ROOT / "params.yaml")
     cell = next((c for c in grids.cells.values() if name.startswith(f"{c.grid}-{c.name}-s")), None)
     data = {"metrics": {"m": metric}}
     if cell is not None:
         seed = int(name.rsplit("-s", 1)[1])
         flat = {**grids.run_params(cell), "train.seed": seed, "personalize.seed": seed, **(params_changes or {})}
-        nested: dict = {}
-        for dotted, value in flat.items():
-            *path, last = dotted.split(".")
-            node = nested
-            for key in path:
-                node = node.setdefault(key, {})
-            node[last] = value
-        data = {"params": {"params.yaml": {"data": nested}},
+        data = {"params": {"params.yaml": {"data": unflatten(flat)}},
                 "metrics": {"m": metric, "metrics/train.json": {"data": {"accuracy": metric}}}}
     return data
 

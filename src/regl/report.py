@@ -106,6 +106,18 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in out.items()}
 
 
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flatten``'s inverse: {"train.lr": 0.05} -> {"train": {"lr": 0.05}}."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *keys, last = dotted.split(".")
+        node = nested
+        for key in keys:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return nested
+
+
 # --- runs from `dvc exp show --json` ---------------------------------------------------------------------------
 
 def _file(data: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
