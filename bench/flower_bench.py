@@ -43,7 +43,7 @@ def tree_rss(proc: psutil.Process) -> int:
 def run_stage(params: Path, out: Path) -> dict:
     cmd = [sys.executable, "stages/federated_train.py", "--params", str(params),
            "--model-out", str(out / "model.safetensors"), "--metrics", str(out / "train.json"),
-           "--curve-out", str(out / "curve.csv")]
+           "--curve-dir", str(out / "curve")]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps, peak, done = psutil.Process(proc.pid), [0], threading.Event()

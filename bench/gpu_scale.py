@@ -178,7 +178,7 @@ def federated_stage_bench(args, dev, root: Path) -> dict:
     make_source(work / "source.parquet", args.stage_images)
     params = {"clients": list(range(args.clients)), "beta": 1000.0,
               "prepare": {"source": f"parquet:{work / 'source.parquet'}", "image_size": args.side, "channels": 3,
-                          "public_fraction": 0.05, "test_fraction": 0.05},
+                          "public_fraction": 0.05, "test_fraction": 0.05, "val_size": 0},
               "partition": {"scheme": "iid", "local_test_size": 10},
               "train": {"model": "resnet18", "synthetic": False, "rounds": 1, "local_epochs": 1,
                         "batch_size": args.batch, "device": str(dev)}}
@@ -197,9 +197,9 @@ def federated_stage_bench(args, dev, root: Path) -> dict:
         try:
             run_stage("federated_train", [
                 "--params", str(path), "--clients-dir", str(work / "clients"), "--synthetic-dir",
-                str(work / "none"), "--test-file", str(work / "prepared/test.parquet"), "--model-out",
-                str(work / "model.safetensors"), "--metrics", str(work / "train.json"), "--curve-out",
-                str(work / "curve.csv")])
+                str(work / "none"), "--test-file", str(work / "prepared/test.parquet"), "--val-file",
+                str(work / "prepared/val.parquet"), "--model-out", str(work / "model.safetensors"), "--metrics",
+                str(work / "train.json"), "--curve-dir", str(work / "curve")])
         except (Exception, SystemExit) as exc:  # a param the stage refuses: record it, go on
             rows.append({"precision": precision, "error": f"{exc.__class__.__name__}: {exc}"[:300]})
             continue

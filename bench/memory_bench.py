@@ -69,7 +69,7 @@ def images(n: int, seed: int) -> tuple[list[bytes], np.ndarray]:
 
 
 def build(folder: Path, n_train: int, template: Path, cache_mb: int | None) -> None:
-    """data/clients (IID, 10 clients), data/local_test, data/prepared/test.parquet under ``folder``."""
+    """data/clients (IID, 10 clients), data/local_test, data/prepared/{test,val}.parquet under ``folder``."""
     from regl.data.naming import client_file
     from regl.data.shards import Shard, write_shard
 
@@ -82,6 +82,7 @@ def build(folder: Path, n_train: int, template: Path, cache_mb: int | None) -> N
         write_shard(client_file(folder / "data/local_test", c), Shard(blobs, labels, names))
     blobs, labels = images(n_train // 8, 999)
     write_shard(folder / "data/prepared/test.parquet", Shard(blobs, labels, names))
+    write_shard(folder / "data/prepared/val.parquet", Shard([], [], names))  # no validation split
     params = yaml.safe_load(template.read_text())
     params["clients"] = list(range(CLIENTS))
     params["train"].update(rounds=1, client_fraction=0.2, local_steps=10, synthetic=False, device="cpu")

@@ -92,7 +92,8 @@ def test_hf_colour_images_through_prepare_partition_and_resnet18(saved, tmp_path
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
         "clients": [0, 1, 2], "beta": 1.0,
-        "prepare": {"source": f"hf:{saved / 'disk'}", "image_size": 32, "public_fraction": 0.1},
+        "prepare": {"source": f"hf:{saved / 'disk'}", "image_size": 32, "public_fraction": 0.1,
+                    "val_size": 2},
         "partition": {"scheme": "iid", "min_size": 2, "local_test_size": 6},
         "train": {"model": "resnet18", "synthetic": False, "rounds": 1, "local_epochs": 1, "batch_size": 8,
                   "device": "cpu"},
@@ -105,7 +106,8 @@ def test_hf_colour_images_through_prepare_partition_and_resnet18(saved, tmp_path
 
     run("prepare", "--out", str(tmp_path / "prepared"))
     train = read_shard(tmp_path / "prepared/train.parquet")
-    assert train.class_names == CLASSES and len(train) + len(read_shard(tmp_path / "prepared/public.parquet")) == 36
+    held = sum(len(read_shard(tmp_path / f"prepared/{cut}.parquet")) for cut in ("public", "val"))
+    assert train.class_names == CLASSES and len(train) + held == 36
     pixels = train.pixels()
     assert pixels.shape[1:] == (32, 32, 3)
     dominant = np.argmax(pixels.reshape(len(train), -1, 3).mean(1), axis=1)
@@ -117,8 +119,9 @@ def test_hf_colour_images_through_prepare_partition_and_resnet18(saved, tmp_path
     assert sum(len(read_shard(tmp_path / f"clients/client_{c}.parquet")) for c in range(3)) == len(train)
 
     run("federated_train", "--clients-dir", str(tmp_path / "clients"), "--synthetic-dir", str(tmp_path / "none"),
-        "--test-file", str(tmp_path / "prepared/test.parquet"), "--model-out", str(tmp_path / "model.safetensors"),
-        "--metrics", str(tmp_path / "train.json"), "--curve-out", str(tmp_path / "curve.csv"))
+        "--test-file", str(tmp_path / "prepared/test.parquet"), "--val-file", str(tmp_path / "prepared/val.parquet"),
+        "--model-out", str(tmp_path / "model.safetensors"), "--metrics", str(tmp_path / "train.json"),
+        "--curve-dir", str(tmp_path / "curve"))
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert (tmp_path / "model.safetensors").stat().st_size > 1_000_000  # a resnet18
-    assert metrics["rounds"] == 1 and 0.0 <= metrics["accuracy"] <= 1.0, metrics
+    assert metrics["rounds"] == 1 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["val_accuracy"] is not None, metrics
