@@ -418,9 +418,10 @@ def search_table(grids: Grids, grid: str, runs: list[Run]) -> str:
     """What a tuned grid chose on: every candidate's validation accuracy (mean of the last five rounds, %) at the
     tune seed, the chosen one in bold."""
     lines = ["| method | column | candidates: validation accuracy, mean of the last five rounds (%) |", "|---|---|---|"]
-    for ref, cands in grids.tuned.items():
-        if not ref.startswith(f"{grid}/"):
-            continue
+    spec = grids.grids[grid]
+    refs = [f"{grid}/{row}/{col}" for row in spec["rows"] for col in spec["columns"]]
+    for ref in [r for r in refs if r in grids.tuned]:  # by method, then column
+        cands = grids.tuned[ref]
         best = grids.choice(ref, runs)
         parts = []
         for c in cands:
