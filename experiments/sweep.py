@@ -34,7 +34,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from regl.report import Cell, Grids, load_grids, read_runs, unflatten  # noqa: E402
+from regl.report import Cell, Grids, flatten, read_runs, unflatten  # noqa: E402
+
+
+def committed_params(path: Path) -> dict:
+    """params.yaml as committed (git HEAD), not as the workspace holds it: `dvc exp run -S` leaves each run's params
+    in the workspace, so a sweep reading the file there would take the last run's values (its lr, its SCAFFOLD
+    server lr) for params.yaml's in the next runs. A file git does not track is read as it is."""
+    git = subprocess.Popen(["git", "show", f"HEAD:./{path.name}"], cwd=path.resolve().parent, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    shown = git.communicate()[0]
+    return yaml.safe_load(shown if git.returncode == 0 else path.read_text()) or {}
 
 
 def value_arg(value) -> str:
@@ -210,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="write `dvc exp show --json` (every commit's runs) here after every run")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
-    grids = load_grids(args.grids, args.params)
+    grids = Grids(yaml.safe_load(args.grids.read_text()) or {}, flatten(committed_params(args.params)))
     unknown = set(args.grid) - set(grids.grids)
     if unknown:
         raise SystemExit(f"error: no grid {sorted(unknown)} in {args.grids}; grids: {', '.join(grids.grids)}")
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.cells and not [c for c in grids.cells.values() if chosen(c)]:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")
-    cores = args.cores or int(yaml.safe_load(args.params.read_text()).get("threads", 1))
+    cores = args.cores or int(committed_params(args.params).get("threads", 1))
     threads = max(1, cores // args.workers)
     # A committed run counts by its params only: one of the cell's name made under an older params.yaml (another
     # pre-training recipe) is not the cell's run any more. A name in this clone's DVC counts (queued or running).

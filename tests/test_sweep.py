@@ -250,3 +250,21 @@ def test_a_search_run_that_diverged_is_recorded_as_the_worst_setting_and_not_run
     calls.clear()
     sweep.main(args)
     assert calls == {} and capsys.readouterr().out.endswith("4 run(s) done, 0 to run\n")
+
+
+def test_the_defaults_are_params_yaml_as_committed_not_as_the_last_run_left_it(tmp_path, dvc_calls):
+    # `dvc exp run -S` leaves a run's params in the workspace: a FedAdam run after a SCAFFOLD one was made with
+    # SCAFFOLD's server lr 0.5 as "params.yaml's value" and so belonged to no cell
+    import shutil
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    subprocess.check_call(["git", "init", "-q"], cwd=repo)
+    subprocess.check_call(["git", "add", "params.yaml"], cwd=repo)
+    subprocess.check_call(["git", "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "params"], cwd=repo)
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("server_lr: 1.0        # eta_g", "server_lr: 0.5        # eta_g"))
+    calls, _ = dvc_calls
+    sweep.main(["tuned", "--params", str(repo / "params.yaml"), "--cells", "fedadam-b0.01_lr0.02_server_lr0.01",
+                "--seeds", "0"])
+    assert calls["tuned-fedadam-b0.01_lr0.02_server_lr0.01-s0"]["train.scaffold.server_lr"] == "1.0"
