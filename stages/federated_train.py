@@ -25,7 +25,8 @@ from regl.core.params import DEFAULT_PARAMS, read_params
 from regl.core.stage import pipeline_paths, stage, use_threads
 
 app = typer.Typer(add_completion=False)
-FILES = StageFiles.of(pipeline_paths(Path(__file__).resolve().parents[1]))  # as dvc.yaml names them
+PATHS = pipeline_paths(Path(__file__).resolve().parents[1])
+FILES = StageFiles.of(PATHS)  # as dvc.yaml names them
 
 
 def train_locally(files: StageFiles, clients: list[int], p: TrainParams, log) -> None:
@@ -54,6 +55,8 @@ def main(
     model_out: Path = typer.Option(FILES.model_out),
     metrics: Path = typer.Option(FILES.metrics),
     curve_dir: Path = typer.Option(FILES.curve_dir, help="the per-round curve (DVCLive's folder)"),
+    generator: Path = typer.Option(PATHS.models.generator, help="the base generator the nodes adapt "
+                                   "(train.flower.generate_on_nodes)"),
 ) -> None:
     with stage("federated_train") as log:
         doc = read_params(params)  # read once
@@ -62,9 +65,11 @@ def main(
         files = StageFiles(clients_dir, synthetic_dir, test_file, val_file, model_out, metrics, curve_dir)
         if p.engine == "flower":
             # checks that the extra is installed first
-            from regl.federated.flower_engine import simulate, train_on_flower
+            from regl.federated.flower_engine import node_work, simulate, train_on_flower
 
-            simulate(lambda grid: train_on_flower(files, exp.clients, p, grid, log), len(exp.clients), p.flower)
+            work = node_work(p, doc, generator)
+            simulate(lambda grid: train_on_flower(files, exp.clients, p, grid, log, work), len(exp.clients),
+                     p.flower)
         else:
             train_locally(files, exp.clients, p, log)
 

@@ -5,18 +5,14 @@ training.json with a few training figures). Reads `finetune.*`, and `generate.{s
 for the prior images when `finetune.prior_images_per_class` > 0.
 """
 
-import json
 from pathlib import Path
 
 import typer
 
-from regl.core.atomic import atomic_dir
-from regl.generator.base import load_pipeline
-from regl.generator.lora import FinetuneParams, finetune, save_lora
+from regl.generator.lora import FinetuneParams, finetune_client
 from regl.generator.sample import GenerateParams
 from regl.data.naming import client_file, client_name
 from regl.core.params import DEFAULT_PARAMS, load_section
-from regl.data.shards import read_shard
 from regl.core.stage import pipeline_paths, stage
 
 app = typer.Typer(add_completion=False)
@@ -34,17 +30,7 @@ def main(
     with stage("finetune_lora", params) as log:
         p = load_section(params, "finetune", FinetuneParams)
         sampler = load_section(params, "generate", GenerateParams)
-        shard = read_shard(client_file(clients, client))
-        pipe = load_pipeline(generator)
-        log.info("client %d: %d images of %d class(es), LoRA r=%d on %s, %d steps on %s", client, len(shard),
-                 int((shard.class_counts() > 0).sum()), p.rank, ",".join(p.target_modules), p.steps,
-                 pipe.unet.device)
-        info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, p, sampler, client)
-        log.info("client %d: final loss %.4f, %d trainable parameters", client, info["final_loss"],
-                 info["trainable_params"])
-        with atomic_dir(out / client_name(client)) as tmp:
-            save_lora(pipe, tmp)
-            (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        finetune_client(generator, client_file(clients, client), p, sampler, client, out / client_name(client), log)
 
 
 if __name__ == "__main__":

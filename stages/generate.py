@@ -10,12 +10,9 @@ run resumes from its last finished chunk and ends with the same bytes.
 
 from pathlib import Path
 
-import torch
 import typer
 
-from regl.core.chunks import Chunks, run_key
-from regl.generator.base import load_pipeline
-from regl.generator.generate import GenerateParams, synthesize
+from regl.generator.generate import GenerateParams, make_synthetic
 from regl.generator.grid import sample_grid
 from regl.generator.oracle import oracle_grid, write_oracle
 from regl.data.naming import client_file, client_name
@@ -50,15 +47,8 @@ def main(
             log.info("client %d: %d public-pool images in place of generated ones (generate.oracle)", client,
                      len(shard))
             return
-        real, adapter = client_file(clients, client), lora / client_name(client)
-        # finished chunks wait beside the output until the run completes; a rerun with the same params, inputs,
-        # code and thread count (float sums, hence pixels, depend on it) resumes from them, anything else starts over
-        config = {"generate": g.model_dump(), "client": client, "threads": torch.get_num_threads()}
-        chunks = Chunks(client_file(out, client, ".parquet.partial"),
-                        run_key("generate", config, [generator, adapter, real]))
-        result = synthesize(load_pipeline(generator), real, adapter, g, client, client_file(out, client),
-                            client_file(vanilla_out, client), chunks)
-        chunks.remove()
+        result = make_synthetic(generator, lora / client_name(client), client_file(clients, client), g, client,
+                                client_file(out, client), client_file(vanilla_out, client))
         resumed = sum(-(-n // g.chunk) for n in (result.adapted, result.vanilla)) - len(result.made)
         log.info("client %d: %d adapted and %d vanilla images (%d chunk(s) made, %d resumed)", client,
                  result.adapted, result.vanilla, len(result.made), resumed)

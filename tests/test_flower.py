@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, set_params, stage
@@ -240,3 +241,102 @@ def test_missing_extra_is_one_line_with_the_install_command(flower_repo, tmp_pat
     assert "pip install 'regl[flower]'" in errors[0]
     assert not (flower_repo / "metrics/train.json").exists()
 
+
+
+# --- ReGL's client side on the nodes (train.flower.generate_on_nodes) ------------------------------------------
+def _audited_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_nodes_adapt_and_generate_where_their_data_is_with_the_pipelines_bytes(flower_repo):
+    """Each simulated node receives the base generator, fine-tunes its LoRA on its own shard and makes its
+    synthetic shard in its own folder: the same bytes as finetune_lora@<id> and generate@<id> (same params, one
+    torch thread both), and the same global model as the local engine on the pipeline's shards. The server's
+    message log holds only model-shaped arrays and named numbers: no image, no label list, no adapter."""
+    repo = flower_repo
+    set_params(repo, **{"train.synthetic": True, "train.algorithm": "fedavg", "train.engine": "local"})
+    stage("pretrain_generator", repo)
+    for cid in (0, 1):
+        stage("finetune_lora", repo, "--client", str(cid))
+        stage("generate", repo, "--client", str(cid))
+    try:
+        local, _ = train(repo, "local", "fedavg", "local-regl")
+        log_file = repo / "messages.jsonl"
+        set_params(repo, **{"train.flower.generate_on_nodes": True, "train.flower.message_log": str(log_file)})
+        flower, metrics = train(repo, "flower", "fedavg", "flower-regl")
+    finally:
+        set_params(repo, **{"train.synthetic": False, "train.flower.generate_on_nodes": False,
+                            "train.flower.message_log": None})
+    nodes = repo / ".regl/nodes"
+    for cid in (0, 1):
+        node = nodes / f"client_{cid}"
+        lora = f"client_{cid}/pytorch_lora_weights.safetensors"
+        assert (node / "lora" / lora).read_bytes() == (repo / "models/lora" / lora).read_bytes()
+        for folder in ("synthetic", "vanilla"):
+            shard = f"client_{cid}.parquet"
+            assert (node / folder / shard).read_bytes() == (repo / "data" / folder / shard).read_bytes(), folder
+    assert metrics["synthetic_images"] > 0
+    assert_same(local, flower)
+
+    from regl.training.modelio import load_model
+
+    model, _ = load_model(repo / "models/global_model.safetensors")
+    shapes = [list(t.shape) for t in model.state_dict().values()]
+    messages = _audited_log(log_file)
+    assert {m["kind"] for m in messages} == {"query", "train.synthesize", "train"}
+    for m in messages:
+        assert m["error"] is None and not m["configs"] and set(m["metrics"]) == {"info"}
+        assert all(isinstance(v, (int, float)) for v in m["metrics"]["info"].values())
+        if m["kind"] == "train":
+            assert set(m["arrays"]) == {"weights"} and [s for _, s in m["arrays"]["weights"]] == shapes
+        else:
+            assert not m["arrays"], m  # the generation's reply: figures only
+    assert sum(m["kind"] == "train" for m in messages) == 2 * 2  # two clients, two rounds
+
+
+def test_a_reply_holding_an_image_or_a_label_list_ends_the_run(flower_repo):
+    """The server's check of each reply (regl.federated.flower_engine.audit_reply): a train reply with an extra
+    array record of image shape, an image slipped in as a metric list, the adapter's weights after generating, or
+    an unknown metric, are each named; the honest reply passes."""
+    from flwr.app import ArrayRecord, MessageType, MetricRecord, RecordDict
+
+    from regl.federated.flower_engine import SYNTHESIZE, audit_reply
+
+    shapes = [(4, 1, 3, 3), (4,), (10, 4), (10,)]
+    weights = ArrayRecord([np.zeros(s, np.float32) for s in shapes])
+    info = {"client": 1, "num-examples": 10, "steps": 3, "num-real": 10}
+
+    def reply(**records) -> RecordDict:
+        return RecordDict({"weights": weights, "info": MetricRecord(info), **records})
+
+    assert audit_reply(reply(), MessageType.TRAIN, shapes) is None
+    image = ArrayRecord([np.zeros((1, 16, 16), np.float32)])
+    assert "array record 'extra.image'" in audit_reply(reply(**{"extra.image": image}), MessageType.TRAIN, shapes)
+    assert "'pixels'" in audit_reply(reply(info=MetricRecord({**info, "pixels": [0.5] * 256})),
+                                     MessageType.TRAIN, shapes)
+    assert "'labels'" in audit_reply(RecordDict({"info": MetricRecord({"client": 1, "labels": [3, 3, 7]})}),
+                                     MessageType.QUERY, shapes)
+    lora = ArrayRecord([np.zeros((8, 32), np.float32)])
+    assert "array record 'lora'" in audit_reply(RecordDict({"info": MetricRecord({"client": 1}), "lora": lora}),
+                                                SYNTHESIZE, shapes)
+    swapped = RecordDict({"weights": ArrayRecord([np.zeros(s, np.float32) for s in reversed(shapes)]),
+                          "info": MetricRecord(info)})
+    assert "not shaped like the model's" in audit_reply(swapped, MessageType.TRAIN, shapes)
+
+
+def test_nodes_that_do_not_reply_in_time_end_the_run_naming_them(flower_repo):
+    """train.flower.reply_timeout_s: nodes that do not answer in time (here: a limit no node can meet, standing in
+    for a node that hangs while still heartbeating) end the run with one line naming each, nothing written."""
+    repo = flower_repo
+    (repo / "metrics/train.json").unlink(missing_ok=True)
+    set_params(repo, **{"train.engine": "flower", "train.flower.reply_timeout_s": 0.001})
+    try:
+        proc = stage("federated_train", repo, check=False)
+    finally:
+        set_params(repo, **{"train.engine": "local", "train.flower.reply_timeout_s": None})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr[-3000:]
+    # before round 1 the server does not know yet which client a silent node serves: it names the node
+    assert errors[0].startswith("error: Flower: node ") and errors[0].count("node ") == 2, errors[0]
+    assert "did not reply before round 1 within train.flower.reply_timeout_s = 0.001 s" in errors[0], errors[0]
+    assert not (repo / "metrics/train.json").exists()

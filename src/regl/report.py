@@ -31,11 +31,13 @@ SEED_KEYS = ("train.seed", "personalize.seed")
 # cell names them.
 RUN_KEYS = frozenset({*SEED_KEYS, "threads", "partition.max_tries"})
 # Also how, not what, and never set by a cell: where the data is read from, caching and loading, devices, the
-# size of generate's resumable chunks (same bytes at any size), the Flower simulation's resources.
+# size of generate's resumable chunks (same bytes at any size), the Flower runtime's resources, where the nodes'
+# synthetic images are made (the same bytes), its timeout and message log.
 HOW_KEYS = RUN_KEYS | {"prepare.fashion_mnist_dir", "compute.loader_workers", "compute.prefetch",
                        "compute.cache_mb", "compute.scoring_batch", "generate.chunk_size", "train.device",
                        "personalize.device", "evaluate.device", "train.flower.client_cpus",
-                       "train.flower.client_gpus"}
+                       "train.flower.client_gpus", "train.flower.generate_on_nodes", "train.flower.reply_timeout_s",
+                       "train.flower.message_log"}
 # What a run reads only through its synthetic images (train.synthetic or personalize.synthetic).
 GENERATOR_SECTIONS = ("generator.", "finetune.", "generate.")
 METRICS = {  # column -> (metrics file, key, title, short title), fractions, shown in %

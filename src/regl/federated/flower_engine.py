@@ -10,6 +10,15 @@ the node's ``Context.state``, where Flower keeps client state between rounds.
 A node serves the client named by its node config ``client-id`` (a SuperNode started with
 ``--node-config "client-id=3"``) or, in the simulation runtime, ``clients[partition-id]``. Its shards come
 from node config ``clients-dir`` / ``synthetic-dir`` when set, else from the server's paths.
+
+With ``train.flower.generate_on_nodes`` ReGL's client side runs on the nodes too: before round 1 the server sends
+each node the base generator and the `finetune` / `generate` params (a ``train.synthesize`` message); the node
+fine-tunes its LoRA and makes its synthetic shard in its own folder (node config ``node-dir``; simulated nodes:
+``.regl/nodes/client_<id>/`` under the server's root, regl.federated.node_side) and trains on it in the rounds.
+
+Every reply is checked against what the protocol lets a node send (``audit_reply``): model-shaped arrays and
+numbers with known names only — no image, no label list, no adapter weights; anything else ends the run naming
+the node. ``train.flower.message_log`` lists every message the server received.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,12 +34,14 @@ import numpy as np
 import torch
 
 from regl.data.client_data import ClientData, load_client
+from regl.data.naming import client_file, client_name
 from regl.core.device import resolve_device
 from regl.core.errors import ReglError
 from regl.federated.algorithm import ClientResult
 from regl.federated.engine import local_update
+from regl.federated.node_side import NodeFolder, NodeWork, folder_arrays, prepare_client, write_folder
 from regl.federated.registry import build_algorithm
-from regl.core.params import DEFAULT_PARAMS, read_params
+from regl.core.params import DEFAULT_PARAMS, Params, read_params
 from regl.core.stage import pipeline_paths
 from regl.federated.train import RunSetup, StageFiles, read_setup, train_and_write
 from regl.federated.train_params import FlowerParams, TrainParams
@@ -38,7 +50,7 @@ from regl.data.imageset import CacheBudget
 
 INSTALL = "pip install 'regl[flower]'"
 try:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 except ImportError:
@@ -46,6 +58,7 @@ except ImportError:
 
 
 log = logging.getLogger(__name__)
+SYNTHESIZE = f"{MessageType.TRAIN}.synthesize"  # ReGL's client side on the node, before round 1
 
 
 # --- tensors <-> Flower records ------------------------------------------------------------------------------
@@ -77,19 +90,70 @@ def _unpack(content: RecordDict, prefix: str, device: torch.device | str) -> dic
             for key, rec in content.array_records.items() if key.startswith(prefix + ".")}
 
 
+# --- what a node may send ----------------------------------------------------------------------------------
+# The metric names each kind of reply may carry (train replies: also an algorithm's numbers, "extra.<name>").
+REPLY_METRICS = {
+    MessageType.QUERY: {"client", "real", "synthetic"},
+    SYNTHESIZE: {"client", "synthetic", "finetune-s", "generate-s", "reused-lora", "reused-synthetic", "chunks-made",
+                 "threads"},
+    MessageType.TRAIN: {"client", "num-examples", "steps", "num-real"},
+}
+
+
+def audit_reply(content: RecordDict, kind: str, shapes: list[tuple[int, ...]]) -> str | None:
+    """What in a node's reply to a ``kind`` message the protocol does not allow, or None. Allowed: one metric record
+    ``info`` of single numbers with the names REPLY_METRICS lists; for a train reply also the weights (the model's
+    tensors, ``shapes``, in order) and an algorithm's extras (``extra.<name>``: tensors shaped like the model's,
+    e.g. SCAFFOLD's control-variate change). Nothing else: no config record, no image, no label list, no adapter."""
+    if content.config_records:
+        return f"config record(s) {sorted(content.config_records)}"
+    if set(content.metric_records) != {"info"}:
+        return f"metric records {sorted(content.metric_records)} (only 'info' is allowed)"
+    for name, value in content.metric_records["info"].items():
+        if name not in REPLY_METRICS[kind] and not (kind == MessageType.TRAIN and name.startswith("extra.")):
+            return f"metric {name!r}"
+        if not isinstance(value, (int, float)):
+            return f"metric {name!r} holding a {type(value).__name__}, not a single number"
+    allowed = set(shapes)
+    for name, record in content.array_records.items():
+        got = [tuple(a.shape) for a in record.values()]
+        if kind != MessageType.TRAIN or not (name == "weights" or name.startswith("extra.")):
+            return f"array record {name!r} ({len(got)} array(s), first of shape {got[0] if got else ()})"
+        if (name == "weights" and got != shapes) or len(got) > len(shapes) or not set(got) <= allowed:
+            odd = next((g for g in got if g not in allowed), got[0] if got else ())
+            return f"array record {name!r} with arrays not shaped like the model's (e.g. {odd})"
+    return None
+
+
+def message_summary(reply: Message, kind: str) -> dict[str, Any]:
+    """One line of the message log: what a reply held, without its values' bulk."""
+    c = reply.content
+    return {"kind": kind, "node": reply.metadata.src_node_id, "group": reply.metadata.group_id,
+            "error": str(reply.error.reason) if reply.has_error() else None,
+            "arrays": {n: [[a.dtype, list(a.shape)] for a in r.values()] for n, r in c.array_records.items()},
+            "metrics": {n: dict(r) for n, r in c.metric_records.items()},
+            "configs": {n: sorted(r) for n, r in c.config_records.items()}}
+
+
 # --- server side -------------------------------------------------------------------------------------------
 class FlowerClients:
     """The client runner of a ServerApp: the clients are Flower nodes, reached through ``grid``. Nodes that hold
     no shard paths of their own read the server's ``clients_dir`` / ``synthetic_dir``."""
 
     def __init__(self, grid: Grid, setup: RunSetup, device: torch.device, clients_dir: Path, synthetic_dir: Path,
-                 wait_s: float = 300.0):
+                 work: NodeWork | None = None, wait_s: float = 300.0):
         self.grid, self.device, self.round = grid, device, 0
         self.client_ids = sorted(setup.clients)
+        flower = setup.params.flower
+        self.timeout, self.log_file = flower.reply_timeout_s, Path(flower.message_log) if flower.message_log else None
+        self.shapes = [tuple(t.shape) for t in setup.model_factory()().state_dict().values()]
         self.config = ConfigRecord({"setup": json.dumps(setup.to_json()), "clients-dir": str(clients_dir),
-                                    "synthetic-dir": str(synthetic_dir)})
+                                    "synthetic-dir": str(synthetic_dir),
+                                    "nodes-dir": str(work.nodes_root if work else "")})
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.nodes, self.counts = self._discover(wait_s)
+        if work is not None:
+            self._synthesize_on_nodes(work)
 
     def _discover(self, wait_s: float) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
         """Ask every node which client it serves and how many images it holds."""
@@ -117,6 +181,27 @@ class FlowerClients:
         content["config"] = self.config
         return Message(content, dst_node_id=node, message_type=kind, group_id=str(self.round))
 
+    def _synthesize_on_nodes(self, work: NodeWork) -> None:
+        """ReGL's client side on every node: the base generator and the params go out, each node fine-tunes its
+        LoRA and makes its synthetic shard, and only its figures come back."""
+        files = folder_arrays(work.generator)
+        if not files:
+            raise ReglError(f"{work.generator}: no base generator to send the nodes (dvc repro pretrain_generator)")
+        content = {"generator": ArrayRecord(array_dict={name: Array(data) for name, data in files.items()}),
+                   "params": ConfigRecord({"finetune": json.dumps(work.finetune.model_dump()),
+                                           "generate": json.dumps(work.generate.model_dump())})}
+        log.info("sending the base generator (%.1f MB) to %d node(s); each adapts it and generates its images",
+                 sum(a.nbytes for a in files.values()) / 1e6, len(self.nodes))
+        messages = [self._message(self.nodes[c], SYNTHESIZE, RecordDict(dict(content))) for c in self.client_ids]
+        for reply in self._exchange(messages):
+            info = reply.content.metric_records["info"]
+            cid = int(info["client"])
+            self.counts[cid] = (self.counts[cid][0], int(info["synthetic"]))
+            log.info("client %d: LoRA %s in %.1f s, %d synthetic images %s in %.1f s (node %d, %d thread(s))", cid,
+                     "kept" if info["reused-lora"] else "fine-tuned", info["finetune-s"], int(info["synthetic"]),
+                     "kept" if info["reused-synthetic"] else "generated", info["generate-s"],
+                     reply.metadata.src_node_id, int(info["threads"]))
+
     def _who(self, node: int) -> str:
         client = next((c for c, n in self.nodes.items() if n == node), None)
         return f"node {node}" if client is None else f"client {client} (node {node})"
@@ -125,20 +210,30 @@ class FlowerClients:
         """Send and wait for every reply. A node that fails, or drops out (its SuperNode stopped: the SuperLink
         answers for it once it misses its heartbeats, about a minute), ends the run with one line naming its
         client; the stage has written nothing yet, so the outputs of an earlier run stay as they were."""
-        replies = list(self.grid.send_and_receive(messages))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        training = messages[0].metadata.message_type == MessageType.TRAIN
-        when = f"in round {self.round + 1}" if training else "before round 1"
+        kind = messages[0].metadata.message_type
+        when = f"in round {self.round + 1}" if kind == MessageType.TRAIN else "before round 1"
         advice = "nothing was written; restart its SuperNode and run federated_train again"
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_file.open("a") as out:
+                out.writelines(json.dumps(message_summary(r, kind)) + "\n" for r in replies)
         for reply in replies:
+            node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
-                node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
                 reason = (str(reply.error.reason).splitlines() or ["no reason given"])[0]
                 raise ReglError(f"Flower: {self._who(node)} failed {when} ({reason}); {advice}")
+            breach = audit_reply(reply.content, kind, self.shapes)
+            if breach is not None:
+                raise ReglError(f"Flower: {self._who(node)} sent {breach} {when}, which regl's protocol does not "
+                                f"let a node send; nothing was written")
         answered = {r.metadata.reply_to_message_id for r in replies}
         silent = [node for mid, node in sent.items() if mid not in answered]
         if silent:
-            raise ReglError(f"Flower: {', '.join(self._who(n) for n in silent)} did not reply {when}; {advice}")
+            waited = f" within train.flower.reply_timeout_s = {self.timeout:g} s" if self.timeout else ""
+            raise ReglError(f"Flower: {', '.join(self._who(n) for n in silent)} did not reply {when}{waited}; "
+                            f"{advice}")
         return replies
 
     def image_counts(self) -> tuple[int, int]:
@@ -175,7 +270,22 @@ class FlowerClients:
 _DATA: dict[tuple, ClientData] = {}  # a node's shards, read once per process
 
 
-def _client(msg: Message, context: Context) -> tuple[RunSetup, ClientData]:
+@dataclass(frozen=True)
+class NodeSetup:
+    """Which client a node serves and where its data is: node config first, else the server's paths."""
+
+    setup: RunSetup
+    client: int
+    clients_dir: Path
+    synthetic_dir: Path
+    folder: NodeFolder  # what the node makes with generate_on_nodes
+
+    @property
+    def real_file(self) -> Path:
+        return client_file(self.clients_dir, self.client)
+
+
+def _node(msg: Message, context: Context) -> NodeSetup:
     config = msg.content.config_records["config"]
     setup = RunSetup.from_json(json.loads(str(config["setup"])))
     node = context.node_config
@@ -185,11 +295,22 @@ def _client(msg: Message, context: Context) -> tuple[RunSetup, ClientData]:
         cid = setup.clients[int(node["partition-id"])]
     else:
         raise ReglError("this SuperNode has no client: start it with --node-config 'client-id=<id>'")
-    clients_dir = Path(str(node.get("clients-dir", config["clients-dir"])))
-    synthetic_dir = Path(str(node.get("synthetic-dir", config["synthetic-dir"])))
-    key = (cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels)
+    own = node.get("node-dir")
+    folder = NodeFolder(Path(str(own)) if own else Path(str(config["nodes-dir"])) / client_name(cid))
+    synthetic_dir = (folder.synthetic_dir() if setup.params.flower.generate_on_nodes
+                     else Path(str(node.get("synthetic-dir", config["synthetic-dir"]))))
+    return NodeSetup(setup, cid, Path(str(node.get("clients-dir", config["clients-dir"]))), synthetic_dir, folder)
+
+
+def _client(msg: Message, context: Context, synthetic: bool | None = None) -> tuple[RunSetup, ClientData]:
+    """The node's setup and data (with its synthetic shard where the run trains on one, unless ``synthetic``
+    says otherwise)."""
+    at = _node(msg, context)
+    setup = at.setup
+    synthetic = setup.params.synthetic if synthetic is None else synthetic
+    key = (at.client, at.clients_dir, at.synthetic_dir, synthetic, setup.channels)
     if key not in _DATA:
-        _DATA[key] = load_client(cid, clients_dir, synthetic_dir, setup.params.synthetic, setup.channels,
+        _DATA[key] = load_client(at.client, at.clients_dir, at.synthetic_dir, synthetic, setup.channels,
                                  budget=CacheBudget(setup.params.cache_mb))
     return setup, _DATA[key]
 
@@ -199,9 +320,29 @@ client_app = ClientApp()
 
 @client_app.query()
 def _query(msg: Message, context: Context) -> Message:
-    _, data = _client(msg, context)
+    # with generate_on_nodes the synthetic shard is made after this (train.synthesize)
+    _, data = _client(msg, context, None if not _node(msg, context).setup.params.flower.generate_on_nodes else False)
     info = MetricRecord({"client": data.client, "real": data.num_real, "synthetic": data.num_synthetic})
     return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@client_app.train("synthesize")
+def _synthesize(msg: Message, context: Context) -> Message:
+    """ReGL's client side on this node: the base generator received, its LoRA fine-tuned on its own shard, its
+    synthetic shard generated (regl.federated.node_side), kept in its folder; only figures go back."""
+    from regl.generator.lora import FinetuneParams
+    from regl.generator.sample import GenerateParams
+
+    at = _node(msg, context)
+    params = msg.content.config_records["params"]
+    cfg = FinetuneParams.model_validate(json.loads(str(params["finetune"])))
+    g = GenerateParams.model_validate(json.loads(str(params["generate"])))
+    arrays = msg.content.array_records["generator"]
+    write_folder({name: arrays[name].numpy() for name in arrays}, at.folder.generator)
+    figures = prepare_client(at.client, at.real_file, at.folder, cfg, g)
+    for key in [k for k in _DATA if k[0] == at.client]:
+        del _DATA[key]  # the shard may have been made again
+    return Message(RecordDict({"info": MetricRecord(figures)}), reply_to=msg)
 
 
 @client_app.train()
@@ -233,12 +374,25 @@ def _train(msg: Message, context: Context) -> Message:
 
 # --- server side: the federated_train stage with Flower's clients -------------------------------------------
 def train_on_flower(files: StageFiles, clients: list[int], p: TrainParams, grid: Grid,
-                    stage_log: logging.Logger) -> None:
-    """The ServerApp's body. A Flower run does not resume: the clients' state lives on the nodes."""
+                    stage_log: logging.Logger, work: NodeWork | None = None) -> None:
+    """The ServerApp's body. A Flower run does not resume: the clients' state lives on the nodes. ``work``: what
+    the nodes need to make their own synthetic shards (``train.flower.generate_on_nodes``)."""
     setup, scored = read_setup(files, p, clients, CacheBudget(p.cache_mb))
     device = resolve_device(p.device)
-    runner = FlowerClients(grid, setup, device, files.clients_dir, files.synthetic_dir)
+    runner = FlowerClients(grid, setup, device, files.clients_dir, files.synthetic_dir, work)
     train_and_write(files, setup, scored, build_algorithm(p), runner, device, None, stage_log)
+
+
+def node_work(p: TrainParams, params: Params, generator: Path, root: Path = Path(".")) -> NodeWork | None:
+    """What the nodes need to make their own synthetic shards, where they do (``train.flower.generate_on_nodes``
+    and a run on synthetic images), else None."""
+    if not (p.synthetic and p.flower.generate_on_nodes):
+        return None
+    work = NodeWork.of(params, generator, root)
+    if work.generate.oracle:
+        raise ReglError("params.yaml: train.flower.generate_on_nodes = true needs generate.oracle = false (the "
+                        "oracle's images come from the server's public pool, not from a node)")
+    return work
 
 
 def serve_repository(grid: Grid, workdir: Path, stage_log: logging.Logger) -> None:
@@ -246,7 +400,9 @@ def serve_repository(grid: Grid, workdir: Path, stage_log: logging.Logger) -> No
     ``workdir``, its params.yaml and its files as its dvc.yaml names them, the clients on the SuperNodes."""
     params = read_params(workdir / DEFAULT_PARAMS)
     exp, p = params.experiment(), params.section("train", TrainParams)
-    train_on_flower(StageFiles.of(pipeline_paths(workdir), workdir), exp.clients, p, grid, stage_log)
+    paths = pipeline_paths(workdir)
+    train_on_flower(StageFiles.of(paths, workdir), exp.clients, p, grid, stage_log,
+                    node_work(p, params, workdir / paths.models.generator, workdir))
 
 
 # --- runtime ----------------------------------------------------------------------------------------------

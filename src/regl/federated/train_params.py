@@ -39,10 +39,19 @@ class MoonParams(Section):
 
 
 class FlowerParams(Section):
-    """train.engine: flower — what each simulated client (a Ray actor) is given."""
+    """train.engine: flower — what each simulated client (a Ray actor) is given, and what the nodes do."""
 
     client_cpus: float = Field(1.0, gt=0)
     client_gpus: float = Field(0.0, ge=0)
+    # ReGL's client side where the data is: before round 1 every node fine-tunes its LoRA and generates its
+    # synthetic shard itself (regl.federated.node_side); false: nodes read synthetic shards the pipeline made
+    generate_on_nodes: bool = False
+    # seconds the server waits for the nodes' replies to one message (a round, the generation) before it ends the
+    # run naming the nodes that did not answer; null: no limit
+    reply_timeout_s: float | None = Field(None, gt=0)
+    # a JSON-lines file listing every message the server receives: its kind, node, records, array shapes and metric
+    # names (the audit of what left the nodes); null: none
+    message_log: str | None = None
 
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fednova", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "moon")

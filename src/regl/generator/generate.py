@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
-from regl.core.chunks import Chunks
+from regl.core.chunks import Chunks, run_key
+from regl.generator.base import load_pipeline
 from regl.generator.lora import load_lora
 from regl.generator.sample import GenerateParams, class_rows, generate, row_latents
 from regl.generator.space import to_data
@@ -103,3 +105,22 @@ def synthesize(pipe, real_file: Path, adapter: Path, g: GenerateParams, client: 
     grid = [(names[c], real.get(first_real.get(c, -1)), vanilla[int(np.flatnonzero(labels[keep] == c)[0])],
              adapted[int(first[c][0])]) for c in range(k)]
     return Synthesis(adapted=len(labels), vanilla=len(keep), grid=grid, made=made)
+
+
+def synthetic_key(generator: Path, adapter: Path, real_file: Path, g: GenerateParams, client: int) -> str:
+    """The fingerprint of a generation: its params, the bytes of its inputs, the code, and torch's thread count
+    (float sums, hence pixels, depend on it)."""
+    config = {"generate": g.model_dump(), "client": client, "threads": torch.get_num_threads()}
+    return run_key("generate", config, [generator, adapter, real_file])
+
+
+def make_synthetic(generator: Path, adapter: Path, real_file: Path, g: GenerateParams, client: int, out: Path,
+                   vanilla_out: Path) -> Synthesis:
+    """Stage generate@<id>'s work, also a Flower node's (regl.federated.node_side): the client's synthetic shard
+    ``out`` and its vanilla comparison ``vanilla_out`` from the base generator and its adapter, made in chunks kept in
+    ``<out>.partial/`` until the run completes: a rerun with the same fingerprint resumes from them, anything
+    else starts over."""
+    chunks = Chunks(out.with_name(out.name + ".partial"), synthetic_key(generator, adapter, real_file, g, client))
+    result = synthesize(load_pipeline(generator), real_file, adapter, g, client, out, vanilla_out, chunks)
+    chunks.remove()
+    return result

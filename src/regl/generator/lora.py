@@ -12,6 +12,7 @@ generated with the `generate` section's sampler settings (scheduler, steps, batc
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,10 @@ from peft.utils import get_peft_model_state_dict
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
+from regl.core.atomic import atomic_dir
 from regl.core.errors import ReglError
+from regl.data.shards import read_shard
+from regl.generator.base import load_pipeline
 from regl.generator.objective import denoising_loss
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import encode_moments, to_model
@@ -176,3 +180,22 @@ def load_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
     if not path.is_file():
         raise ReglError(f"{path}: LoRA weights not found (run `dvc repro finetune_lora`)")
     pipe.load_lora_weights(str(folder), weight_name=WEIGHT_NAME)
+
+
+def finetune_client(generator: Path, real_file: Path, cfg: FinetuneParams, sampler: GenerateParams, client: int,
+          out: Path, log: logging.Logger) -> dict[str, float]:
+    """Stage finetune_lora@<id>'s work, also a Flower node's (regl.federated.node_side): fine-tune the client's LoRA
+    on ``real_file`` over the base generator in ``generator``; write it to the folder ``out`` (the adapter's
+    safetensors and training.json) atomically; return its training figures."""
+    shard = read_shard(real_file)
+    pipe = load_pipeline(generator)
+    log.info("client %d: %d images of %d class(es), LoRA r=%d on %s, %d steps on %s", client, len(shard),
+             int((shard.class_counts() > 0).sum()), cfg.rank, ",".join(cfg.target_modules), cfg.steps,
+             pipe.unet.device)
+    info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, cfg, sampler, client)
+    log.info("client %d: final loss %.4f, %d trainable parameters", client, info["final_loss"],
+             info["trainable_params"])
+    with atomic_dir(out) as tmp:
+        save_lora(pipe, tmp)
+        (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
