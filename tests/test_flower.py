@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -116,34 +117,54 @@ def free_port() -> int:
 
 
 class Loopback:
-    """A SuperLink and one SuperNode per client on 127.0.0.1 (docs/flower.md's multi-machine commands), each node
-    told its client id and shard folder, every process in a session of its own with its log in ``folder``."""
+    """A SuperLink and one SuperNode per client on 127.0.0.1 (docs/flower.md's multi-machine commands), every
+    process in a session of its own with its log in ``folder``. ``secure``: the documented deployment — TLS with
+    a certificate authority made for the test (flower/make_credentials.py) and SuperNode authentication, each
+    node's public key registered with `flwr supernode register`. ``node_config(cid)``: each node's config (default:
+    its client id and the repository's shard folder)."""
 
-    def __init__(self, folder: Path, repo: Path, clients=(0, 1)):
-        self.folder, self.repo, self.bin = folder, repo, Path(sys.executable).parent
-        home, link = folder / "flwr-home", free_port()
+    def __init__(self, folder: Path, repo: Path, clients=(0, 1), secure: bool = False,
+                 node_config: Callable[[int], str] | None = None):
+        self.folder, self.repo, self.bin, self.secure = folder, repo, Path(sys.executable).parent, secure
+        home, self.link = folder / "flwr-home", free_port()
         home.mkdir()
+        self.creds = folder / "credentials"
+        if secure:
+            subprocess.run([sys.executable, REPO / "flower/make_credentials.py", self.creds, "--superlink-host",
+                            "127.0.0.1", "--nodes", *[f"node{c}" for c in clients], "stranger"], check=True)
+        where = f'root-certificates = "{self.creds / "ca.crt"}"' if secure else "insecure = true"
         (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-                                          f'address = "127.0.0.1:{link}"\ninsecure = true\n')
+                                          f'address = "127.0.0.1:{self.link}"\n{where}\n')
         self.env = {**os.environ, "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         self.logs: dict[str, Path] = {}
         self.procs: dict[str, subprocess.Popen] = {}
-        self._start("superlink", [self.bin / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port",
-                                  str(link), "--disable-runtime-dependency-installation", "--database",
+        tls = ["--ssl-ca-certfile", self.creds / "ca.crt", "--ssl-certfile", self.creds / "superlink.crt",
+               "--ssl-keyfile", self.creds / "superlink.key", "--enable-supernode-auth"] if secure else ["--insecure"]
+        self._start("superlink", [self.bin / "flower-superlink", *tls, "--host", "127.0.0.1", "--port",
+                                  str(self.link), "--disable-runtime-dependency-installation", "--database",
                                   str(folder / "state.db")], self.env)
         deadline = time.monotonic() + 120  # a busy machine takes a while to start it
         while True:
             try:
-                socket.create_connection(("127.0.0.1", link), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.link), timeout=1).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline and self.procs["superlink"].poll() is None, self.shown()
                 time.sleep(0.2)
+        node_config = node_config or (lambda cid: f"client-id={cid} clients-dir='{repo / 'data/clients'}'")
         for cid in clients:
-            self._start(f"node{cid}", [self.bin / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}",
-                                       "--host", "127.0.0.1", "--port", str(free_port()), "--node-config",
-                                       f"client-id={cid} clients-dir='{repo / 'data/clients'}'"],
-                        {**self.env, "FLWR_HOME": str(folder / f"node{cid}")})
+            if secure:
+                subprocess.run([self.bin / "flwr", "supernode", "register", self.creds / f"node{cid}.pub",
+                                "loopback"], env=self.env, check=True, capture_output=True)
+            self.start_node(f"node{cid}", node_config(cid))
+
+    def start_node(self, name: str, config: str, key: str | None = None) -> subprocess.Popen:
+        """A SuperNode; with ``secure`` it proves its identity with the private key ``key`` (default: its own)."""
+        auth = (["--root-certificates", self.creds / "ca.crt", "--auth-supernode-private-key",
+                 self.creds / f"{key or name}.key"] if self.secure else ["--insecure"])
+        return self._start(name, [self.bin / "flower-supernode", *auth, "--superlink", f"127.0.0.1:{self.link}",
+                                  "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", config],
+                           {**self.env, "FLWR_HOME": str(self.folder / name)})
 
     def _start(self, name: str, cmd: list, env: dict) -> subprocess.Popen:
         self.logs[name] = self.folder / f"{name}.log"
@@ -170,26 +191,6 @@ class Loopback:
 
     def shown(self) -> str:
         return "\n".join(f"--- {n}\n{path.read_text()[-3000:]}" for n, path in self.logs.items())
-
-
-def test_superlink_and_two_supernodes_on_loopback(flower_repo, tmp_path):
-    """docs/flower.md's multi-machine commands on one machine (Loopback), `flwr run` of the regl Flower App;
-    the outputs are the stage's."""
-    repo = flower_repo
-    set_params(repo, **{"train.engine": "local", "train.algorithm": "fedavg"})
-    local, local_metrics = train(repo, "local", "fedavg", "local-loopback")
-    for f in ("models/global_model.safetensors", "metrics/train.json"):
-        (repo / f).unlink()
-    net = Loopback(tmp_path, repo)
-    try:
-        net.run().wait(timeout=300)
-    finally:
-        net.close()
-    assert (repo / "metrics/train.json").exists(), net.shown()
-    metrics = json.loads((repo / "metrics/train.json").read_text())
-    assert metrics.keys() == local_metrics.keys() and metrics["rounds"] == 2
-    assert (repo / "metrics/train_curve/plots/metrics/test/accuracy.tsv").read_text().count("\n") == 3
-    assert_same(local, weights(repo / "models/global_model.safetensors"))
 
 
 def test_supernode_killed_mid_round_ends_the_run_naming_the_client(flower_repo, tmp_path):
@@ -244,54 +245,104 @@ def test_missing_extra_is_one_line_with_the_install_command(flower_repo, tmp_pat
 
 
 # --- ReGL's client side on the nodes (train.flower.generate_on_nodes) ------------------------------------------
-def _audited_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+THREE_CLIENTS = {**TWO_CLIENTS, "clients": [0, 1, 2], "train.synthetic": True}
 
 
-def test_nodes_adapt_and_generate_where_their_data_is_with_the_pipelines_bytes(flower_repo):
-    """Each simulated node receives the base generator, fine-tunes its LoRA on its own shard and makes its
-    synthetic shard in its own folder: the same bytes as finetune_lora@<id> and generate@<id> (same params, one
-    torch thread both), and the same global model as the local engine on the pipeline's shards. The server's
-    message log holds only model-shaped arrays and named numbers: no image, no label list, no adapter."""
-    repo = flower_repo
-    set_params(repo, **{"train.synthetic": True, "train.algorithm": "fedavg", "train.engine": "local"})
-    stage("pretrain_generator", repo)
-    for cid in (0, 1):
+@pytest.fixture(scope="module")
+def regl_repo(tmp_path_factory, fake_fmnist):
+    """Three clients and ReGL made by the central pipeline: the base generator, each client's LoRA and synthetic
+    shard (the stages at one torch thread, as the nodes run), and the local engine's model on them
+    (``out-local/``)."""
+    from conftest import make_pipeline
+
+    repo = make_pipeline(tmp_path_factory.mktemp("regl-nodes") / "repo", fake_fmnist, **THREE_CLIENTS)
+    for name in ("prepare", "partition", "pretrain_generator"):
+        stage(name, repo)
+    for cid in THREE_CLIENTS["clients"]:
         stage("finetune_lora", repo, "--client", str(cid))
         stage("generate", repo, "--client", str(cid))
-    try:
-        local, _ = train(repo, "local", "fedavg", "local-regl")
-        log_file = repo / "messages.jsonl"
-        set_params(repo, **{"train.flower.generate_on_nodes": True, "train.flower.message_log": str(log_file)})
-        flower, metrics = train(repo, "flower", "fedavg", "flower-regl")
-    finally:
-        set_params(repo, **{"train.synthetic": False, "train.flower.generate_on_nodes": False,
-                            "train.flower.message_log": None})
-    nodes = repo / ".regl/nodes"
-    for cid in (0, 1):
-        node = nodes / f"client_{cid}"
-        lora = f"client_{cid}/pytorch_lora_weights.safetensors"
-        assert (node / "lora" / lora).read_bytes() == (repo / "models/lora" / lora).read_bytes()
-        for folder in ("synthetic", "vanilla"):
-            shard = f"client_{cid}.parquet"
-            assert (node / folder / shard).read_bytes() == (repo / "data" / folder / shard).read_bytes(), folder
-    assert metrics["synthetic_images"] > 0
-    assert_same(local, flower)
+    train(repo, "local", "fedavg", "local")
+    return repo
 
+
+def assert_node_made_the_pipelines_bytes(repo: Path, node: Path, cid: int) -> None:
+    lora = f"client_{cid}/pytorch_lora_weights.safetensors"
+    assert (node / "lora" / lora).read_bytes() == (repo / "models/lora" / lora).read_bytes(), lora
+    for folder in ("synthetic", "vanilla"):
+        shard = f"client_{cid}.parquet"
+        assert (node / folder / shard).read_bytes() == (repo / "data" / folder / shard).read_bytes(), folder
+
+
+def assert_only_model_updates_and_figures(log_file: Path, repo: Path, rounds: int) -> None:
+    """The server's message log, read independently of the server's own check: train replies hold the model's
+    tensors (in the model's shapes and order) and nothing else; every other reply holds single numbers only."""
     from regl.training.modelio import load_model
 
     model, _ = load_model(repo / "models/global_model.safetensors")
     shapes = [list(t.shape) for t in model.state_dict().values()]
-    messages = _audited_log(log_file)
+    messages = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert {m["kind"] for m in messages} == {"query", "train.synthesize", "train"}
     for m in messages:
-        assert m["error"] is None and not m["configs"] and set(m["metrics"]) == {"info"}
-        assert all(isinstance(v, (int, float)) for v in m["metrics"]["info"].values())
+        assert m["error"] is None and not m["configs"] and set(m["metrics"]) == {"info"}, m
+        assert all(isinstance(v, (int, float)) for v in m["metrics"]["info"].values()), m
         if m["kind"] == "train":
             assert set(m["arrays"]) == {"weights"} and [s for _, s in m["arrays"]["weights"]] == shapes
         else:
-            assert not m["arrays"], m  # the generation's reply: figures only
-    assert sum(m["kind"] == "train" for m in messages) == 2 * 2  # two clients, two rounds
+            assert not m["arrays"], m
+    assert sum(m["kind"] == "train" for m in messages) == len(THREE_CLIENTS["clients"]) * rounds
+
+
+def test_simulated_nodes_adapt_and_generate_with_the_pipelines_bytes(regl_repo):
+    """Flower's simulation runtime with train.flower.generate_on_nodes: each node receives the base generator,
+    fine-tunes its LoRA on its own shard and makes its synthetic shard in its own folder — the bytes
+    finetune_lora@<id> and generate@<id> wrote — and training on them gives the local engine's model. The server's
+    message log holds only model-shaped arrays and named numbers: no image, no label list, no adapter."""
+    repo = regl_repo
+    log_file = repo / "messages-simulation.jsonl"
+    set_params(repo, **{"train.flower.generate_on_nodes": True, "train.flower.message_log": str(log_file)})
+    try:
+        flower, metrics = train(repo, "flower", "fedavg", "flower-nodes")
+    finally:
+        set_params(repo, **{"train.flower.generate_on_nodes": False, "train.flower.message_log": None})
+    for cid in THREE_CLIENTS["clients"]:
+        assert_node_made_the_pipelines_bytes(repo, repo / f".regl/nodes/client_{cid}", cid)
+    assert metrics["synthetic_images"] == json.loads((repo / "out-local/train.json").read_text())["synthetic_images"]
+    assert_same(weights(repo / "out-local/global_model.safetensors"), flower)
+    assert_only_model_updates_and_figures(log_file, repo, rounds=2)
+
+
+def test_secure_federation_of_three_supernodes_runs_regl_where_the_data_is(regl_repo, tmp_path):
+    """docs/flower.md's deployment on loopback: a SuperLink with TLS and SuperNode authentication, three
+    registered SuperNodes each holding only its own client's shard and folder, `flwr run` with ReGL's client side
+    on the nodes. Every LoRA and synthetic shard is made on its node with the central pipeline's bytes, the global
+    model is the local engine's, and the server received no image. A fourth SuperNode whose key was never
+    registered is refused."""
+    repo = regl_repo
+    clients = THREE_CLIENTS["clients"]
+    for cid in clients:  # each node's disk: its own shard only
+        (tmp_path / f"site{cid}/clients").mkdir(parents=True)
+        shutil.copy2(repo / f"data/clients/client_{cid}.parquet", tmp_path / f"site{cid}/clients")
+    log_file = tmp_path / "messages.jsonl"
+    set_params(repo, **{"train.flower.generate_on_nodes": True, "train.flower.message_log": str(log_file)})
+    for f in ("models/global_model.safetensors", "metrics/train.json"):
+        (repo / f).unlink()
+    (tmp_path / "net").mkdir()
+    net = Loopback(tmp_path / "net", repo, clients, secure=True, node_config=lambda cid: (
+        f"client-id={cid} clients-dir='{tmp_path / f'site{cid}/clients'}' node-dir='{tmp_path / f'site{cid}/regl'}'"))
+    try:
+        stranger = net.start_node("stranger", f"client-id=9 clients-dir='{tmp_path}'")
+        run = net.run()
+        run.wait(timeout=420)
+        stranger.wait(timeout=60)
+    finally:
+        net.close()
+        set_params(repo, **{"train.flower.generate_on_nodes": False, "train.flower.message_log": None})
+    assert run.returncode == 0 and (repo / "metrics/train.json").exists(), net.shown()
+    for cid in clients:
+        assert_node_made_the_pipelines_bytes(repo, tmp_path / f"site{cid}/regl", cid)
+    assert_same(weights(repo / "out-local/global_model.safetensors"), weights(repo / "models/global_model.safetensors"))
+    assert_only_model_updates_and_figures(log_file, repo, rounds=2)
+    assert stranger.returncode != 0 and "Failed to activate SuperNode" in net.logs["stranger"].read_text()
 
 
 def test_a_reply_holding_an_image_or_a_label_list_ends_the_run(flower_repo):
