@@ -229,6 +229,44 @@ def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpo
     assert made[0] == ("vanilla", 0) and len(made) == 12
 
 
+
+def test_a_node_killed_while_generating_resumes_and_ends_byte_identical(rgb_checkpoint, tmp_path):
+    """ReGL's client side on a Flower node (regl.federated.node_side.prepare_client), the base generator received
+    as the server sends it (here a real checkpoint's manifest, which the node loads from its own disk): killed
+    after some chunks of its synthetic shard, restarted, it keeps its adapter, makes only the missing chunks and
+    ends with the bytes of an uninterrupted node; a third start reuses everything."""
+    from regl.data.images import encode_many
+    from regl.data.shards import Shard, write_shard
+    from regl.federated.node_side import NodeFolder, folder_arrays, prepare_client, write_folder
+
+    base = as_base(rgb_checkpoint, tmp_path)
+    pixels, labels = client_images()
+    real = tmp_path / "client_0.parquet"
+    write_shard(real, Shard(encode_many(pixels), labels, CLASSES))
+    g = GenerateParams(images_per_class=2, steps=2, batch_size=4, chunk_size=4)  # 5 synthetic chunks
+
+    def node(name: str, stop_after: tuple[str, int] | None = None) -> tuple[dict, NodeFolder]:
+        folder = NodeFolder(tmp_path / name)
+        write_folder(folder_arrays(base), folder.generator)
+
+        def hook(kind: str, index: int) -> None:
+            if (kind, index) == stop_after:
+                raise KeyboardInterrupt  # what a kill leaves: the adapter, the chunks finished so far
+        return prepare_client(0, real, folder, FAST_LORA, g, on_chunk=hook), folder
+
+    whole, uninterrupted = node("whole")
+    with pytest.raises(KeyboardInterrupt):
+        node("killed", stop_after=("synthetic", 1))
+    assert not NodeFolder(tmp_path / "killed").synthetic(0).exists()
+    resumed, restarted = node("killed")
+    assert resumed["reused-lora"] == 1 and resumed["reused-synthetic"] == 0
+    assert resumed["chunks-made"] == 3 and whole["chunks-made"] == 5 + 3  # 3 vanilla chunks, then 5 synthetic
+    for path in (lambda f: f.lora(0) / "pytorch_lora_weights.safetensors", lambda f: f.synthetic(0),
+                 lambda f: f.vanilla(0)):
+        assert sha(path(restarted)) == sha(path(uninterrupted))
+    again, _ = node("killed")
+    assert again["reused-lora"] == again["reused-synthetic"] == 1 and again["chunks-made"] == 0
+
 def test_chunk_key_follows_params_and_input_bytes_and_a_new_key_discards_the_chunks(tmp_path):
     from regl.core.chunks import Chunks, run_key
     from regl.data.shards import Shard

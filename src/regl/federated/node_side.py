@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -108,11 +108,11 @@ def _mark(output: Path, key: str) -> None:
     write_text(output.with_name(output.name + ".key"), key)
 
 
-def prepare_client(client: int, real_file: Path, node: NodeFolder, cfg: FinetuneParams, g: GenerateParams
-                   ) -> dict[str, float]:
+def prepare_client(client: int, real_file: Path, node: NodeFolder, cfg: FinetuneParams, g: GenerateParams,
+                   on_chunk: Callable[[str, int], None] | None = None) -> dict[str, float]:
     """The client's adapter and synthetic shard in ``node`` (the base generator already in ``node.generator``),
     each made unless the node holds it with this fingerprint; returns the figures the node reports: image
-    counts, the adapter's final loss, seconds, what was reused."""
+    counts, seconds, what was reused, the chunks generated. ``on_chunk(kind, index)``: after each chunk made."""
     from regl.generator.generate import make_synthetic, synthetic_key
     from regl.generator.lora import finetune_client
 
@@ -130,7 +130,7 @@ def prepare_client(client: int, real_file: Path, node: NodeFolder, cfg: Finetune
     reused_synthetic = _made(out, key)
     chunks = 0
     if not reused_synthetic:
-        result = make_synthetic(node.generator, adapter, real_file, g, client, out, node.vanilla(client))
+        result = make_synthetic(node.generator, adapter, real_file, g, client, out, node.vanilla(client), on_chunk)
         chunks = len(result.made)
         _mark(out, key)
     labels, _ = read_labels(out)

@@ -115,12 +115,12 @@ def synthetic_key(generator: Path, adapter: Path, real_file: Path, g: GeneratePa
 
 
 def make_synthetic(generator: Path, adapter: Path, real_file: Path, g: GenerateParams, client: int, out: Path,
-                   vanilla_out: Path) -> Synthesis:
+                   vanilla_out: Path, on_chunk: Callable[[str, int], None] | None = None) -> Synthesis:
     """Stage generate@<id>'s work, also a Flower node's (regl.federated.node_side): the client's synthetic shard
     ``out`` and its vanilla comparison ``vanilla_out`` from the base generator and its adapter, made in chunks kept in
     ``<out>.partial/`` until the run completes: a rerun with the same fingerprint resumes from them, anything
     else starts over."""
     chunks = Chunks(out.with_name(out.name + ".partial"), synthetic_key(generator, adapter, real_file, g, client))
-    result = synthesize(load_pipeline(generator), real_file, adapter, g, client, out, vanilla_out, chunks)
+    result = synthesize(load_pipeline(generator), real_file, adapter, g, client, out, vanilla_out, chunks, on_chunk)
     chunks.remove()
     return result
