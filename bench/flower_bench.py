@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d) ")
 
-ROUND = re.compile(r"(\d\d):(\d\d):(\d\d) regl\.federated\.run: round (\d+)/\d+: .*\(([\d.]+) s\)$")
+ROUND = re.compile(r"(\d\d):(\d\d):(\d\d) regl\.federated\.train: round (\d+)/\d+: .*\(([\d.]+) s\)$")
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -95,6 +95,13 @@ def run_stage(params: Path, out: Path, extra: list[str] = (), cwd: Path | None =
             "accuracy": json.loads((out / "train.json").read_text())["accuracy"]}
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def _seconds(m: re.Match) -> int:
     return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
 
@@ -132,7 +139,8 @@ def regl_client_side(base: dict, clients: list[int], client_cpus: float, tmp: Pa
     nodes = run_stage(tmp / "params-nodes.yaml", out, extra, cwd=tmp)  # node folders: tmp/.regl/nodes
     same = {cid: (tmp / f".regl/nodes/client_{cid}/synthetic/client_{cid}.parquet").read_bytes()
             == (central / f"synthetic/client_{cid}.parquet").read_bytes() for cid in clients}
-    return {"clients": clients, "threads_central": base.get("threads"), "client_cpus": client_cpus,
+    return {"cpu": cpu_model(), "cores": len(psutil.Process().cpu_affinity()), "clients": clients,
+            "threads_central": base.get("threads"), "client_cpus": client_cpus,
             "central_s": central_s, "central_per_client_s": per_client, "nodes_client_side_s": nodes["client_side_s"],
             "nodes_stage_wall_s": nodes["wall_s"], "peak_rss_mib_nodes": nodes["peak_rss_mib"],
             "ratio_nodes_vs_central": round(nodes["client_side_s"] / central_s, 2),
