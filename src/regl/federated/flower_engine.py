@@ -320,8 +320,8 @@ client_app = ClientApp()
 
 @client_app.query()
 def _query(msg: Message, context: Context) -> Message:
-    # with generate_on_nodes the synthetic shard is made after this (train.synthesize)
-    _, data = _client(msg, context, None if not _node(msg, context).setup.params.flower.generate_on_nodes else False)
+    # with generate_on_nodes the node makes its synthetic shard after this (train.synthesize): real images only
+    _, data = _client(msg, context, False if _node(msg, context).setup.params.flower.generate_on_nodes else None)
     info = MetricRecord({"client": data.client, "real": data.num_real, "synthetic": data.num_synthetic})
     return Message(RecordDict({"info": info}), reply_to=msg)
 
