@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from regl.core.checkpoint import CHECKPOINT_DIR
 from regl.generator.lora import FinetuneParams, finetune_client
 from regl.generator.sample import GenerateParams
 from regl.data.naming import client_file, client_name
@@ -30,7 +31,9 @@ def main(
     with stage("finetune_lora", params) as log:
         p = load_section(params, "finetune", FinetuneParams)
         sampler = load_section(params, "generate", GenerateParams)
-        finetune_client(generator, client_file(clients, client), p, sampler, client, out / client_name(client), log)
+        # the training state while it runs: a killed run resumes from its last checkpoint (a tenth of the steps)
+        finetune_client(generator, client_file(clients, client), p, sampler, client, out / client_name(client), log,
+                        CHECKPOINT_DIR / f"finetune_lora_{client_name(client)}.pt")
 
 
 if __name__ == "__main__":

@@ -230,6 +230,44 @@ def test_generation_killed_mid_shard_resumes_and_ends_byte_identical(rgb_checkpo
 
 
 
+def test_finetuning_killed_resumes_from_its_checkpoint_and_ends_byte_identical(rgb_checkpoint, tmp_path):
+    """finetune_client (stage finetune_lora@<id>'s and a Flower node's work) keeps its training state while it runs:
+    killed after step 6 of 10, run again, it resumes at step 7 (adapter, optimizer, random generator and losses
+    restored) and writes the adapter of an uninterrupted run; the checkpoint is gone once the adapter is written."""
+    import logging
+
+    from regl.data.images import encode_many
+    from regl.data.shards import Shard, write_shard
+    from regl.generator.lora import finetune_client
+
+    base = as_base(rgb_checkpoint, tmp_path)
+    pixels, labels = client_images()
+    real = tmp_path / "client_0.parquet"
+    write_shard(real, Shard(encode_many(pixels), labels, CLASSES))
+    cfg = FinetuneParams(steps=10, batch_size=4, lr=1e-2)  # a checkpoint after every step
+
+    def run(name: str, stop_at: int | None = None) -> list[int]:
+        steps: list[int] = []
+
+        def hook(step: int) -> None:
+            steps.append(step)
+            if step == stop_at:
+                raise KeyboardInterrupt  # a kill after the step's checkpoint
+
+        finetune_client(base, real, cfg, GenerateParams(), 0, tmp_path / name / "lora", logging.getLogger("test"),
+                        tmp_path / name / "state.pt", hook)
+        return steps
+
+    assert run("whole") == list(range(1, 11))
+    with pytest.raises(KeyboardInterrupt):
+        run("killed", stop_at=6)
+    assert (tmp_path / "killed/state.pt").is_file() and not (tmp_path / "killed/lora").exists()
+    assert run("killed") == list(range(7, 11))
+    weights = "lora/pytorch_lora_weights.safetensors"
+    assert sha(tmp_path / "killed" / weights) == sha(tmp_path / "whole" / weights)
+    assert not (tmp_path / "killed/state.pt").exists()
+
+
 def test_a_node_killed_while_generating_resumes_and_ends_byte_identical(rgb_checkpoint, tmp_path):
     """ReGL's client side on a Flower node (regl.federated.node_side.prepare_client), the base generator received
     as the server sends it (here a real checkpoint's manifest, which the node loads from its own disk): killed

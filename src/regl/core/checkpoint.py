@@ -77,8 +77,8 @@ class Checkpoint:
     """``key``: the fingerprint of params and data; ``code``: :func:`code_fingerprint` of the stage. The saved
     state is resumed only where both are the same."""
 
-    def __init__(self, path: Path, key: str, code: dict[str, str] | None = None):
-        self.path, self.key, self.code = path, key, dict(code or {})
+    def __init__(self, path: Path, key: str, code: dict[str, str] | None = None, start: str = "round 0"):
+        self.path, self.key, self.code, self.start = path, key, dict(code or {}), start  # start: what a fresh run does
 
     def load(self) -> dict[str, Any] | None:
         """The saved state if it belongs to this run, else None (and a log line saying why it was ignored)."""
@@ -88,17 +88,17 @@ class Checkpoint:
             saved = torch.load(self.path, map_location="cpu", weights_only=False)
             key, code, state = saved["key"], saved.get("code", {}), saved["state"]
         except Exception as exc:  # a checkpoint from another version or a torn disk: start over
-            log.info("ignoring the checkpoint %s: not readable (%s); starting from round 0", self.path,
-                     exc.__class__.__name__)
+            log.info("ignoring the checkpoint %s: not readable (%s); starting from %s", self.path,
+                     exc.__class__.__name__, self.start)
             return None
         if key != self.key:
-            log.info("ignoring the checkpoint %s: it was made with other params or input data; starting from "
-                     "round 0", self.path)
+            log.info("ignoring the checkpoint %s: it was made with other params or input data; starting from %s",
+                     self.path, self.start)
             return None
         if code != self.code:
             changed = sorted(n for n in set(code) | set(self.code) if code.get(n) != self.code.get(n))
-            log.info("ignoring the checkpoint %s: it was made by other code (changed since: %s); starting from "
-                     "round 0", self.path, ", ".join(changed))
+            log.info("ignoring the checkpoint %s: it was made by other code (changed since: %s); starting from %s",
+                     self.path, ", ".join(changed), self.start)
             return None
         return state
 

@@ -109,10 +109,13 @@ def _mark(output: Path, key: str) -> None:
 
 
 def prepare_client(client: int, real_file: Path, node: NodeFolder, cfg: FinetuneParams, g: GenerateParams,
-                   on_chunk: Callable[[str, int], None] | None = None) -> dict[str, float]:
+                   on_chunk: Callable[[str, int], None] | None = None,
+                   on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """The client's adapter and synthetic shard in ``node`` (the base generator already in ``node.generator``),
     each made unless the node holds it with this fingerprint; returns the figures the node reports: image
-    counts, seconds, what was reused, the chunks generated. ``on_chunk(kind, index)``: after each chunk made."""
+    counts, seconds, what was reused, the chunks generated. A fine-tuning or a generation cut short resumes
+    (the adapter's training state in ``<adapter>.ckpt``, the generation's chunks in ``<shard>.partial/``).
+    ``on_step(step)``, ``on_chunk(kind, index)``: after each fine-tuning step, each chunk made."""
     from regl.generator.generate import make_synthetic, synthetic_key
     from regl.generator.lora import finetune_client
 
@@ -123,7 +126,8 @@ def prepare_client(client: int, real_file: Path, node: NodeFolder, cfg: Finetune
                                          "client": client, "threads": threads}, [node.generator, real_file])
     reused_lora = _made(adapter, lora_key)
     if not reused_lora:
-        finetune_client(node.generator, real_file, cfg, g, client, adapter, log)
+        finetune_client(node.generator, real_file, cfg, g, client, adapter, log,
+                        adapter.with_name(adapter.name + ".ckpt"), on_step)
         _mark(adapter, lora_key)
     tuned = time.monotonic()
     key = synthetic_key(node.generator, adapter, real_file, g, client)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from regl.core.atomic import atomic_dir
+from regl.core.checkpoint import Checkpoint
+from regl.core.chunks import run_key
 from regl.core.errors import ReglError
 from regl.data.shards import read_shard
 from regl.generator.base import load_pipeline
@@ -36,6 +39,8 @@ from regl.generator.space import encode_moments, to_model
 from regl.generator.text import encode, has_class_slot
 from regl.core.params import Section
 from regl.core.seeding import derive_seed
+
+log = logging.getLogger(__name__)
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -88,9 +93,13 @@ def add_lora(unet, cfg: FinetuneParams, client: int) -> None:
 
 
 def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarray, class_names: list[str],
-             cfg: FinetuneParams, sampler: GenerateParams, client: int) -> dict[str, float]:
+             cfg: FinetuneParams, sampler: GenerateParams, client: int, checkpoint: Checkpoint | None = None,
+             on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """Add a LoRA adapter to ``pipe.unet`` and train it on this client's images; returns a few training figures.
-    ``sampler``: the `generate` section, whose sampler settings make the prior images."""
+    ``sampler``: the `generate` section, whose sampler settings make the prior images. With ``checkpoint`` the
+    training state (adapter, optimizer, random generator, losses) is saved every tenth of the steps and a run
+    that finds one of its own resumes from it, ending with the bytes of an uninterrupted run.
+    ``on_step(step)``: called after each step."""
     dev = pipe.unet.device
     accelerator = Accelerator(mixed_precision="fp16" if dev.type == "cuda" else "no", cpu=dev.type != "cuda")
     for part in (pipe.vae, pipe.text_encoder, pipe.unet):
@@ -133,8 +142,21 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
             pred = unet(scheduler.add_noise(z, noise, t), t, cond[rows.to(dev)]).sample
         return denoising_loss(scheduler, pred, z, noise, t, cfg.snr_gamma)
 
-    losses = []
-    for _ in tqdm(range(cfg.steps), desc=f"lora client {client}", mininterval=5):
+    losses: list[float] = []
+    saved = checkpoint.load() if checkpoint else None
+    if saved:
+        with torch.no_grad():
+            for p, value in zip(params, saved["adapter"]):
+                p.copy_(value)
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        if accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(saved["scaler"])
+        losses = saved["losses"]
+        log.info("client %d: resuming the LoRA from step %d of %d (%s)", client, len(losses), cfg.steps,
+                 checkpoint.path)
+    every = max(1, cfg.steps // 10)
+    for step in tqdm(range(len(losses) + 1, cfg.steps + 1), desc=f"lora client {client}", mininterval=5):
         loss = batch_loss(mean, std, targets)
         if prior_mean is not None:
             loss = loss + batch_loss(prior_mean, prior_std, prior_y)
@@ -142,6 +164,14 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
         accelerator.backward(loss)
         opt.step()
         losses.append(loss.item())
+        if checkpoint is not None and step % every == 0 and step < cfg.steps:
+            checkpoint.save({"adapter": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
+                             "generator": gen.get_state(), "losses": list(losses),
+                             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None})
+        if on_step is not None:
+            on_step(step)
+    if checkpoint is not None:
+        checkpoint.remove()
     pipe.unet = accelerator.unwrap_model(unet)
     pipe.unet.eval()
     tail = losses[-max(1, len(losses) // 10):]
@@ -183,16 +213,23 @@ def load_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
 
 
 def finetune_client(generator: Path, real_file: Path, cfg: FinetuneParams, sampler: GenerateParams, client: int,
-          out: Path, log: logging.Logger) -> dict[str, float]:
+                    out: Path, log: logging.Logger, checkpoint: Path | None = None,
+                    on_step: Callable[[int], None] | None = None) -> dict[str, float]:
     """Stage finetune_lora@<id>'s work, also a Flower node's (regl.federated.node_side): fine-tune the client's LoRA
     on ``real_file`` over the base generator in ``generator``; write it to the folder ``out`` (the adapter's
-    safetensors and training.json) atomically; return its training figures."""
+    safetensors and training.json) atomically; return its training figures. ``checkpoint``: where the training
+    state is kept while it runs, so that a killed run resumes (keyed by params, inputs, code and thread count)."""
     shard = read_shard(real_file)
     pipe = load_pipeline(generator)
     log.info("client %d: %d images of %d class(es), LoRA r=%d on %s, %d steps on %s", client, len(shard),
              int((shard.class_counts() > 0).sum()), cfg.rank, ",".join(cfg.target_modules), cfg.steps,
              pipe.unet.device)
-    info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, cfg, sampler, client)
+    state = None
+    if checkpoint is not None:
+        config = {"finetune": cfg.model_dump(), "generate": sampler.model_dump(), "client": client,
+                  "threads": torch.get_num_threads()}
+        state = Checkpoint(checkpoint, run_key("finetune_lora", config, [generator, real_file]), start="step 0")
+    info = finetune(pipe, shard.pixels(), shard.labels, shard.class_names, cfg, sampler, client, state, on_step)
     log.info("client %d: final loss %.4f, %d trainable parameters", client, info["final_loss"],
              info["trainable_params"])
     with atomic_dir(out) as tmp:
