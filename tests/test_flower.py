@@ -246,7 +246,8 @@ def test_missing_extra_is_one_line_with_the_install_command(flower_repo, tmp_pat
 
 
 # --- ReGL's client side on the nodes (train.flower.generate_on_nodes) ------------------------------------------
-THREE_CLIENTS = {**TWO_CLIENTS, "clients": [0, 1, 2], "train.synthetic": True}
+# chunks of 10 images: a node's 20 synthetic images are made in two resumable chunks
+THREE_CLIENTS = {**TWO_CLIENTS, "clients": [0, 1, 2], "train.synthetic": True, "generate.chunk_size": 10}
 
 
 @pytest.fixture(scope="module")
@@ -312,22 +313,57 @@ def test_simulated_nodes_adapt_and_generate_with_the_pipelines_bytes(regl_repo):
     assert_only_model_updates_and_figures(log_file, repo, rounds=2)
 
 
+def kill_while_generating(repo: Path, cid: int, site: Path, cwd: Path) -> int:
+    """Leave in ``site``/regl what a node serving ``cid`` leaves when killed after its first synthetic chunk, with
+    the params and generator the server sends, the nodes' one thread and working directory (the fingerprint of
+    the code a node runs depends on whether a dvc.yaml is there); returns how many chunks are left."""
+    from regl.core.params import read_params
+    from regl.federated.node_side import NodeFolder, NodeWork, folder_arrays, prepare_client, write_folder
+
+    work = NodeWork.of(read_params(repo / "params.yaml"), repo / "models/generator")
+    folder = NodeFolder(site / "regl")
+    write_folder(folder_arrays(work.generator), folder.generator)
+    made: list[tuple[str, int]] = []
+
+    def kill(kind: str, index: int) -> None:
+        made.append((kind, index))
+        if kind == "synthetic":
+            raise KeyboardInterrupt
+
+    threads, here = torch.get_num_threads(), Path.cwd()
+    torch.set_num_threads(1)
+    os.chdir(cwd)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare_client(cid, site / f"clients/client_{cid}.parquet", folder, work.finetune, work.generate, kill)
+    finally:
+        torch.set_num_threads(threads)
+        os.chdir(here)
+    assert not folder.synthetic(cid).exists() and (folder.lora(cid) / "pytorch_lora_weights.safetensors").exists()
+    g = work.generate
+    return -(-g.images_per_class * 10 // g.chunk) - 1  # the synthetic chunks of 10 classes, after the first
+
+
 def test_secure_federation_of_three_supernodes_runs_regl_where_the_data_is(regl_repo, tmp_path):
     """docs/flower.md's deployment on loopback: a SuperLink with TLS and SuperNode authentication, three
     registered SuperNodes each holding only its own client's shard and folder, `flwr run` with ReGL's client side
     on the nodes. Every LoRA and synthetic shard is made on its node with the central pipeline's bytes, the global
     model is the local engine's, and the server received no image. A fourth SuperNode whose key was never
-    registered is refused."""
+    registered is refused. The first node starts from what a node killed while generating leaves on its disk (the
+    base generator, its adapter, some chunks of its shard): it makes only the missing chunks and ends with the
+    same bytes."""
     repo = regl_repo
     clients = THREE_CLIENTS["clients"]
     for cid in clients:  # each node's disk: its own shard only
         (tmp_path / f"site{cid}/clients").mkdir(parents=True)
         shutil.copy2(repo / f"data/clients/client_{cid}.parquet", tmp_path / f"site{cid}/clients")
+    (tmp_path / "net").mkdir()
+    killed = clients[0]
+    chunks_left = kill_while_generating(repo, killed, tmp_path / f"site{killed}", tmp_path / "net")
     log_file = tmp_path / "messages.jsonl"
     set_params(repo, **{"train.flower.generate_on_nodes": True, "train.flower.message_log": str(log_file)})
     for f in ("models/global_model.safetensors", "metrics/train.json"):
         (repo / f).unlink()
-    (tmp_path / "net").mkdir()
     net = Loopback(tmp_path / "net", repo, clients, secure=True, node_config=lambda cid: (
         f"client-id={cid} clients-dir='{tmp_path / f'site{cid}/clients'}' node-dir='{tmp_path / f'site{cid}/regl'}'"))
     try:
@@ -343,6 +379,9 @@ def test_secure_federation_of_three_supernodes_runs_regl_where_the_data_is(regl_
         assert_node_made_the_pipelines_bytes(repo, tmp_path / f"site{cid}/regl", cid)
     assert_same(weights(repo / "out-local/global_model.safetensors"), weights(repo / "models/global_model.safetensors"))
     assert_only_model_updates_and_figures(log_file, repo, rounds=2)
+    made = {m["metrics"]["info"]["client"]: m["metrics"]["info"] for m in map(json.loads, log_file.read_text().splitlines())
+            if m["kind"] == "train.synthesize"}
+    assert made[killed]["reused-lora"] == 1 and made[killed]["chunks-made"] == chunks_left, made[killed]
     assert stranger.returncode != 0 and "Failed to activate SuperNode" in net.logs["stranger"].read_text()
 
 
