@@ -99,17 +99,22 @@ def test_fused_ema_gives_the_loops_bytes_in_one_call_per_step():
     assert all(torch.equal(p.detach(), s) for p, s in zip(params, ema.shadow))
 
 
-def test_v_prediction_base_keeps_its_prediction_type_through_save_and_load(tmp_path):
+def test_v_prediction_base_keeps_its_prediction_type_and_shape_through_save_and_load(tmp_path):
     """A base pre-trained with v-prediction is saved with it in its scheduler, so fine-tuning (whose training
-    scheduler is made from the base's config) and every sampler generate builds from it predict v too."""
+    scheduler is made from the base's config) and every sampler generate builds from it predict v too; its
+    U-Net has the widths and attention heads ``generator`` asked for, and keeps them when loaded."""
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     pixels, labels = client_images(8)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-    cfg = GeneratorParams(vae_steps=1, unet_steps=2, batch_size=4, prediction_type="v_prediction", snr_gamma=5.0)
+    cfg = GeneratorParams(vae_steps=1, unet_steps=2, batch_size=4, prediction_type="v_prediction", snr_gamma=5.0,
+                          attention_heads=2, unet_widths=[16, 32])
     pipe = pretrain_tiny(images, torch.from_numpy(labels), CLASSES, cfg)
     pipe.save_pretrained(tmp_path / "base")
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "base")
+    attention = [m for m in loaded.unet.modules() if type(m).__name__ == "Attention"]
+    assert list(loaded.unet.config.block_out_channels) == [16, 32] and attention
+    assert {(m.heads, m.inner_dim) for m in attention} == {(2, 16), (2, 32)}  # the first level and the middle
     assert loaded.scheduler.config.prediction_type == "v_prediction"
     assert DDPMScheduler.from_config(loaded.scheduler.config).config.prediction_type == "v_prediction"
     assert DPMSolverMultistepScheduler.from_config(loaded.scheduler.config).config.prediction_type == "v_prediction"

@@ -106,6 +106,18 @@ def test_threads_below_one_stop_the_stage_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("threads = 0: must be >= 1 and <= 1024")
 
 
+def test_a_default_another_key_rules_out_is_named_with_its_value():
+    """generator.attention_heads = 3 leaves the default unet_widths (32, 64, 128) unbuildable: the error names
+    unet_widths, the value it has, and what it must be."""
+    from regl.generator.pretrain import GeneratorParams
+
+    with pytest.raises(ReglError) as info:
+        parse(GeneratorParams, {"attention_heads": 3}, "generator")
+    assert str(info.value) == ("params.yaml: generator.unet_widths = [32, 64, 128]: each width must be a positive "
+                               "multiple of 24 (8 normalization groups, attention_heads = 3)")
+    assert parse(GeneratorParams, {"attention_heads": 2, "unet_widths": [16, 32]}, "generator").unet_widths == [16, 32]
+
+
 # --- params.yaml is the one source of defaults ----------------------------------------------------------------
 def section_models() -> dict:
     """Each part of params.yaml and the model that reads it."""

@@ -161,6 +161,9 @@ def _one_line(exc: ValidationError, model: type[BaseModel], prefix: str, path: P
     leaf_model, value = _walk(model, raw, loc)
     if err["type"] == "missing":
         return f"{path}: {key} missing"
+    field = leaf_model.model_fields.get(str(loc[-1])) if loc else None
+    if value == "<missing>" and field is not None and not field.is_required():  # a default that another key rules out
+        value = field.get_default(call_default_factory=True)
     why = _valid_range(leaf_model, str(loc[-1])) if loc and err["type"] in _BOUND_ERRORS else ""
     if not why:
         why = err["msg"].removeprefix("Value error, ")

@@ -8,13 +8,14 @@ Diffusion's VAE — it can represent both and the gap lives in the U-Net alone.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from tqdm import tqdm
 
 from regl.generator import tinysd
@@ -42,7 +43,20 @@ class GeneratorParams(Section):
     empty_caption_share: float = Field(0.1, ge=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     snr_gamma: float | None = Field(None, gt=0)
+    attention_heads: int = Field(8, ge=1)
+    unet_widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=2, max_length=4,
+                                   validate_default=True)
     seed: int = Field(0, ge=0)
+
+    @field_validator("unet_widths")
+    @classmethod
+    def _widths_fit_groups_and_heads(cls, widths: list[int], info: ValidationInfo) -> list[int]:
+        heads = info.data.get("attention_heads", 8)
+        unit = 8 * heads // math.gcd(8, heads)  # divisible by GroupNorm's 8 groups and by the heads
+        if any(w < 1 or w % unit for w in widths):
+            raise ValueError(f"each width must be a positive multiple of {unit} (8 normalization groups, "
+                             f"attention_heads = {heads})")
+        return widths
 
 
 # Captions the pool is trained with; the generation prompt need not be one of them (the vocabulary covers
@@ -160,7 +174,8 @@ def pretrain_tiny(images: torch.Tensor, labels: torch.Tensor, class_names: list[
         torch.manual_seed(derive_seed(cfg.seed, "pretrain", "init"))
         tokenizer = tinysd.build_tokenizer(vocabulary_corpus(class_names))
         pipe = tinysd.assemble(tinysd.build_vae(channels, size), tinysd.build_text_encoder(tokenizer), tokenizer,
-                               tinysd.build_unet(size // 4), cfg.prediction_type).to(dev)
+                               tinysd.build_unet(size // 4, tuple(cfg.unet_widths), heads=cfg.attention_heads),
+                               cfg.prediction_type).to(dev)
     log.info("tiny-sd: VAE %.2f M, U-Net %.2f M, text encoder %.2f M parameters, %d tokens",
              tinysd.num_params(pipe.vae) / 1e6, tinysd.num_params(pipe.unet) / 1e6,
              tinysd.num_params(pipe.text_encoder) / 1e6, len(tokenizer))

@@ -97,12 +97,14 @@ def build_vae(channels: int, image_size: int, widths: tuple[int, ...] = (16, 32,
         block_out_channels=widths, layers_per_block=1, norm_num_groups=8, sample_size=image_size)
 
 
-def build_unet(latent_size: int, widths: tuple[int, ...] = (32, 64, 128), text_width: int = 64) -> UNet2DConditionModel:
-    """A UNet2DConditionModel like SD's: cross-attention in every block but the deepest."""
+def build_unet(latent_size: int, widths: tuple[int, ...] = (32, 64, 128), text_width: int = 64,
+               heads: int = 8) -> UNet2DConditionModel:
+    """A UNet2DConditionModel like SD's: cross-attention in every block but the deepest, ``heads`` attention heads
+    in each (diffusers reads ``attention_head_dim`` as the number of heads, SD 1.x's legacy naming)."""
     n = len(widths)
     return UNet2DConditionModel(
         sample_size=latent_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=widths, norm_num_groups=8, cross_attention_dim=text_width, attention_head_dim=8,
+        block_out_channels=tuple(widths), norm_num_groups=8, cross_attention_dim=text_width, attention_head_dim=heads,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1))
 
