@@ -72,6 +72,16 @@ PRETRAIN_RECIPES = {
                                                 "snr_gamma": 5.0, "lr": 2e-3},
     "1200 steps, v-pred, Min-SNR 5, lr 4e-3": {"unet_steps": 1200, "prediction_type": "v_prediction",
                                                 "snr_gamma": 5.0, "lr": 4e-3},
+    # The U-Net's shape: one attention head a layer (SD's 8 heads leave 4 channels a head at width 32),
+    # more images a step, narrower deepest level.
+    "600 steps, v-pred, Min-SNR 5, lr 4e-3, 1 head": {"unet_steps": 600, "prediction_type": "v_prediction",
+                                                       "snr_gamma": 5.0, "lr": 4e-3, "attention_heads": 1},
+    "600 steps, v-pred, Min-SNR 5, lr 4e-3, 1 head, batch 128": {
+        "unet_steps": 600, "prediction_type": "v_prediction", "snr_gamma": 5.0, "lr": 4e-3, "attention_heads": 1,
+        "batch_size": 128},
+    "600 steps, v-pred, Min-SNR 5, lr 4e-3, 1 head, widths 32-64-64": {
+        "unet_steps": 600, "prediction_type": "v_prediction", "snr_gamma": 5.0, "lr": 4e-3, "attention_heads": 1,
+        "unet_widths": [32, 64, 64]},
 }
 
 
