@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,16 @@ def test_tokenizer_vocabulary_is_the_same_in_every_process(tmp_path):
     code = ("import sys, pathlib; from regl.generator import tinysd; from regl.generator.pretrain import "
             "vocabulary_corpus; t = tinysd.build_tokenizer(vocabulary_corpus(sys.argv[2:])); "
             "d = pathlib.Path(sys.argv[1]); t.save_pretrained(d); tinysd.write_vocabulary_files(t, d)")
-    folders = []
-    for i in range(3):
-        folders.append(tmp_path / str(i))
-        subprocess.run([sys.executable, "-c", code, str(folders[-1]), *CLASSES], check=True)
+    from regl.generator.pretrain import vocabulary_corpus
+
+    folders = [tmp_path / "here"]  # this process, and two more with other string hashes
+    tok = tinysd.build_tokenizer(vocabulary_corpus(CLASSES))
+    tok.save_pretrained(folders[0])
+    tinysd.write_vocabulary_files(tok, folders[0])
+    for seed in ("1", "2"):
+        folders.append(tmp_path / seed)
+        subprocess.run([sys.executable, "-c", code, str(folders[-1]), *CLASSES], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
     for name in ("vocab.json", "merges.txt", "tokenizer.json"):
         assert len({sha(f / name) for f in folders}) == 1, name
 
