@@ -325,10 +325,8 @@ def kill_while_generating(repo: Path, cid: int, site: Path, cwd: Path) -> int:
     work = NodeWork.of(read_params(repo / "params.yaml"), repo / "models/generator")
     folder = NodeFolder(site / "regl")
     write_folder(folder_arrays(work.generator), folder.generator)
-    made: list[tuple[str, int]] = []
 
     def kill(kind: str, index: int) -> None:
-        made.append((kind, index))
         if kind == "synthetic":
             raise KeyboardInterrupt
 
