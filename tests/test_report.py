@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from regl.report import Grids, draw_figures, fill, load_grids, mean_std, read_runs, table, values
+from regl.report import (Grids, draw_figures, fill, generator_table, load_grids, mean_std, read_runs, table,
+                         values)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = Path(__file__).parent / "data" / "exp_show.json"
@@ -219,6 +220,32 @@ def test_markers_are_filled_with_their_table_and_text_around_them_is_kept():
     with pytest.raises(ValueError, match="nope"):
         fill("<!-- regl report: nope -->\n<!-- end -->", grids(), found)
 
+
+def with_images(experiment: dict, classifiability: float, closer: int, vanilla: float, adapted: float) -> dict:
+    """``experiment`` with a metrics/generator.json as generator_quality writes it (10 clients)."""
+    experiment["revs"][0]["data"]["metrics"]["metrics/generator.json"] = {"data": {
+        "classifiability": classifiability, "clients_adapted_closer": closer, "clients": 10,
+        "frechet_vanilla_mean": vanilla, "frechet_adapted_mean": adapted, "per_client": {}}}
+    return experiment
+
+
+def test_generator_table_shows_each_cells_images_beside_its_accuracy_and_leaves_out_cells_without_images():
+    seeds = regl_seeds([0.70, 0.72, 0.77])
+    same = [with_images(r, 0.8655, 6, 43.101, 40.312) for r in seeds[:2]]
+    other_machine = with_images(seeds[2], 0.8702, 6, 43.1, 40.3)  # the same cell's images, other last bits
+    lr = with_images(rev("lr", params(**{"train.lr": 0.01}), 0.6, 0.61, 0.9), 0.9, 9, 40.0, 30.06)
+    fedavg = rev("f", params(**FEDAVG), 0.5, 0.5, 0.9)
+    found = runs_of(*same, other_machine, lr, fedavg)
+    assert generator_table(grids(), "abl", found).splitlines()[2:] == [
+        "| as committed | 0.866 / 0.870 | 6 of 10 | 43.1 → 40.3 | 72.0 ± 3.6 (3) |",
+        "| lr 0.01 | 0.900 | 9 of 10 | 40.0 → 30.1 | 61.0 (1) |"]
+    # a grid of several rows names the method; FedAvg reads no synthetic image: no line
+    assert generator_table(grids(), "t1", found).splitlines()[2:] == [
+        "| ReGL, β = 0.01 | 0.866 / 0.870 | 6 of 10 | 43.1 → 40.3 | 72.0 ± 3.6 (3) |",
+        "| ReGL, M = 5 | – | – | – | – |"]
+    text = "<!-- regl report: abl generator -->\n<!-- end -->\n"
+    assert fill(text, grids(), found) == ("<!-- regl report: abl generator -->\n"
+                                          + generator_table(grids(), "abl", found) + "\n<!-- end -->\n")
 
 def test_figures_are_written_and_the_same_runs_give_the_same_bytes(tmp_path):
     found = runs_of(*regl_seeds([0.70, 0.72, 0.77]), rev("f", params(**FEDAVG), 0.5, 0.5, 0.9))

@@ -19,7 +19,7 @@ import itertools
 import math
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,6 +47,9 @@ METRICS = {  # column -> (metrics file, key, title, short title), fractions, sho
     "personalized": ("eval.json", "personalized_accuracy_mean", "personalized test accuracy, mean over clients",
                      "personalized"),
 }
+# What metrics/generator.json says of a run's synthetic images (generator_quality; docs/generator.md, "Quality")
+GENERATOR_FIGURES = ("classifiability", "clients_adapted_closer", "clients", "frechet_vanilla_mean",
+                     "frechet_adapted_mean")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Run:
     curve: tuple[float, ...] = ()
     # it diverged: no result in any table, but it ran (a sweep does not redo it; a search counts it as the worst)
     diverged: bool = False
+    # its synthetic images' figures (metrics/generator.json: GENERATOR_FIGURES); empty for a run that made none
+    generator: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seed(self) -> Any:
@@ -162,7 +167,7 @@ def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[l
             if not commit:  # a commit without metrics is no run; an experiment without them did not finish
                 skipped.append(f"{name}: no training metrics (train.json)")
             continue
-        files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json")}
+        files = {f: _file(data, "metrics", f) for f in ("train.json", "eval.json", "generator.json")}
         if why := _diverged(files["train.json"]):
             skipped.append(f"{name}: {why}")
             if not diverged:
@@ -172,7 +177,9 @@ def read_runs(exp_show: list[dict[str, Any]], diverged: bool = False) -> tuple[l
             metrics["final"] = _number(files["train.json"].get("accuracy"))
         validation = _number(files["train.json"].get("val_accuracy_mean_last_5"))
         curve = tuple((files["train.json"].get("by_round") or {}).get("accuracy") or ())
-        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation, curve, bool(why)))
+        generator = {k: files["generator.json"][k] for k in GENERATOR_FIGURES if k in files["generator.json"]}
+        found.append(Run(name, str(data.get("timestamp") or ""), params, metrics, validation, curve, bool(why),
+                         generator))
     return found, skipped
 
 
@@ -436,6 +443,42 @@ def search_table(grids: Grids, grid: str, runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def generator_table(grids: Grids, grid: str, runs: list[Run]) -> str:
+    """What each cell's synthetic images are (metrics/generator.json): classifiability, the clients whose adapted
+    images are closer to their own than the vanilla ones, the mean Fréchet distance vanilla → adapted; beside them
+    the cell's test accuracy. A cell's images are the same at every seed; runs made on different machines may
+    differ in the last bits, and then each distinct figure is shown, in seed order. Cells that read no synthetic
+    image are left out."""
+    spec = grids.grids[grid]
+    if "tune" in spec or "follows" in spec:
+        raise ValueError(f"grid {grid}: a tuned grid's cells have no generator table")
+    one_row = len(spec["rows"]) == 1
+    lines = ["| images | classifiability | adapted closer than vanilla | Fréchet distance, vanilla → adapted | "
+             f"{METRICS['last5'][2]} (%) |", "|---|---|---|---|---|"]
+    for c in grids.grid_cells(grid):
+        identity = grids.identity(c)
+        if not (identity.get("train.synthetic") or identity.get("personalize.synthetic")):
+            continue
+        found = grids.runs_of(c, runs)
+
+        def distinct(text: Any) -> str:
+            shown = list(dict.fromkeys(t for r in found if r.generator and (t := text(r.generator)) is not None))
+            return " / ".join(shown) or "–"
+
+        closer = distinct(lambda g: f"{g['clients_adapted_closer']} of {g['clients']}"
+                          if "clients_adapted_closer" in g and "clients" in g else None)
+        frechet = distinct(lambda g: f"{g['frechet_vanilla_mean']:.1f} → {g['frechet_adapted_mean']:.1f}"
+                           if "frechet_vanilla_mean" in g and "frechet_adapted_mean" in g else None)
+        label = c.title if one_row else f"{c.label}, {c.title}"
+        lines.append(f"| {label} | {distinct(lambda g: _figure(g, 'classifiability', '.3f'))} | {closer} | "
+                     f"{frechet} | {mean_std(values(found, 'last5'))} |")
+    return "\n".join(lines)
+
+
+def _figure(figures: dict[str, Any], key: str, fmt: str) -> str | None:
+    return format(figures[key], fmt) if _number(figures.get(key)) is not None else None
+
+
 def _shown(grids: Grids, cell: Cell | None, runs: list[Run], metric: str) -> str:
     """mean ± std (n); blank where the grid has no such cell or plans no seed of it and has no run."""
     found = values(grids.runs_of(cell, runs), metric) if cell else []
@@ -456,6 +499,10 @@ def blocks(grids: Grids) -> list[tuple[str, str | None]]:
 def render(grids: Grids, runs: list[Run]) -> str:
     """Every table of the grids file, with its title; a tuned grid's search after its tables."""
     out = [f"{block_title(grids, g, m)}\n\n{table(grids, g, runs, m)}" for g, m in blocks(grids)]
+    out += [f"{g}: the synthetic images\n\n{generator_table(grids, g, runs)}" for g, spec in grids.grids.items()
+            if "tune" not in spec and "follows" not in spec and any(
+                grids.identity(c).get("train.synthetic") or grids.identity(c).get("personalize.synthetic")
+                for c in grids.grid_cells(g))]
     out += [f"{g}: the search (validation split)\n\n{search_table(grids, g, runs)}" for g, spec in grids.grids.items()
             if "tune" in spec]
     return "\n\n".join(out)
@@ -466,13 +513,15 @@ MARKER = re.compile(r"(<!-- regl report: (\S+)(?: (\S+))? -->\n)(.*?)(<!-- end -
 
 def fill(text: str, grids: Grids, runs: list[Run]) -> str:
     """``text`` with the table under every ``<!-- regl report: GRID [METRIC] -->`` marker made anew (up to its
-    ``<!-- end -->``); METRIC ``search`` is a tuned grid's search."""
+    ``<!-- end -->``); METRIC ``search`` is a tuned grid's search, ``generator`` a grid's synthetic images."""
     def one(m: re.Match) -> str:
         grid, metric = m.group(2), m.group(3)
         search = metric == "search" and grid in grids.grids and "tune" in grids.grids[grid]
-        if grid not in grids.grids or (metric is not None and metric not in METRICS and not search):
+        images = metric == "generator" and grid in grids.grids
+        if grid not in grids.grids or (metric is not None and metric not in METRICS and not search and not images):
             raise ValueError(f"marker {m.group(1).strip()}: no grid {grid!r} or metric {metric!r}")
-        made = search_table(grids, grid, runs) if search else table(grids, grid, runs, metric)
+        made = (search_table(grids, grid, runs) if search else generator_table(grids, grid, runs) if images
+                else table(grids, grid, runs, metric))
         return f"{m.group(1)}{made}\n{m.group(5)}"
     return MARKER.sub(one, text)
 
