@@ -47,9 +47,19 @@ def committed_params(path: Path) -> dict:
     return yaml.safe_load(shown if git.returncode == 0 else path.read_text()) or {}
 
 
+BARE = re.compile(r"[A-Za-z_][\w.\-/]*")  # a string Hydra's override grammar reads as itself, unquoted
+
+
 def value_arg(value) -> str:
-    """A param value as `-S KEY=VALUE` wants it (YAML): true/false, [0,1], 0.01, fedavg."""
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    """A param value as `-S KEY=VALUE` wants it: true/false, [0,1], 0.01, fedavg. DVC reads it with Hydra's override
+    grammar, where a bare string holds no space, comma (a sweep), brace (a dict) or quote: any other string goes in
+    single quotes, a quote in it and the backslashes before a quote or the closing one escaped."""
+    if not isinstance(value, str):
+        return json.dumps(value, separators=(",", ":"))
+    if BARE.fullmatch(value):
+        return value
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"'{escaped}'"
 
 
 def experiments_by_baseline() -> dict[str, set[str]]:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 SPEC = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "experiments" / "sweep.py")
 sweep = importlib.util.module_from_spec(SPEC)
@@ -66,6 +67,18 @@ def test_every_run_sets_every_key_the_grids_file_sets(dvc_calls):
     assert set(oracle) == set(iid) and {"train.seed", "personalize.seed", "threads"} <= set(oracle)
     assert oracle["train.seed"] == oracle["personalize.seed"] == "7"
 
+
+
+@pytest.mark.parametrize("value", ["A photo of {class}, real world images, high resolution", "it's {class}",
+                                   "a \\' b", "ends in \\", "lowcontrast", "none", 0.01, [0, 1], None, True])
+def test_a_value_reaches_params_yaml_as_it_is_in_the_grids_file(tmp_path, value):
+    # through DVC's own `-S` path (Hydra's override grammar): a prompt's braces and commas are no dict and no sweep
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    params.write_text("generate:\n  prompt: x\n")
+    apply_overrides(params, [f"generate.prompt={sweep.value_arg(value)}"])
+    assert yaml.safe_load(params.read_text())["generate"]["prompt"] == value
 
 GRIDS_RUN = ["table1", "table2", "one-class", "own-lr", "ablations"]
 
