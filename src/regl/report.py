@@ -327,9 +327,13 @@ class Grids:
     def identity(self, cell: Cell) -> dict[str, Any]:
         """What the cell is: params.yaml's value of every key its runs depend on, the cell's overrides over it."""
         params = {k: cell.overrides.get(k, v) for k, v in self.defaults.items()}
-        if params.get("train.synthetic") or params.get("personalize.synthetic"):
+        if _reads_images(params):
             return params
         return {k: v for k, v in params.items() if not k.startswith(GENERATOR_SECTIONS)}
+
+    def reads_images(self, cell: Cell) -> bool:
+        """Whether the cell's runs train or personalize on synthetic images."""
+        return _reads_images({k: cell.overrides.get(k, v) for k, v in self.defaults.items()})
 
     def run_params(self, cell: Cell) -> dict[str, Any]:
         """Every key a run of ``cell`` sets: each key the grids file sets (the cell's value, else params.yaml's),
@@ -348,6 +352,10 @@ class Grids:
             if self.matches(r, cell):
                 by_seed[r.seed] = r
         return [by_seed[s] for s in sorted(by_seed, key=str)]
+
+
+def _reads_images(params: dict[str, Any]) -> bool:
+    return bool(params.get("train.synthetic") or params.get("personalize.synthetic"))
 
 
 def tag(setting: dict[str, Any]) -> str:
@@ -455,10 +463,7 @@ def generator_table(grids: Grids, grid: str, runs: list[Run]) -> str:
     one_row = len(spec["rows"]) == 1
     lines = ["| images | classifiability | adapted closer than vanilla | Fréchet distance, vanilla → adapted | "
              f"{METRICS['last5'][2]} (%) |", "|---|---|---|---|---|"]
-    for c in grids.grid_cells(grid):
-        identity = grids.identity(c)
-        if not (identity.get("train.synthetic") or identity.get("personalize.synthetic")):
-            continue
+    for c in [c for c in grids.grid_cells(grid) if grids.reads_images(c)]:
         found = grids.runs_of(c, runs)
 
         def distinct(text: Any) -> str:
@@ -500,9 +505,7 @@ def render(grids: Grids, runs: list[Run]) -> str:
     """Every table of the grids file, with its title; a tuned grid's search after its tables."""
     out = [f"{block_title(grids, g, m)}\n\n{table(grids, g, runs, m)}" for g, m in blocks(grids)]
     out += [f"{g}: the synthetic images\n\n{generator_table(grids, g, runs)}" for g, spec in grids.grids.items()
-            if "tune" not in spec and "follows" not in spec and any(
-                grids.identity(c).get("train.synthetic") or grids.identity(c).get("personalize.synthetic")
-                for c in grids.grid_cells(g))]
+            if "tune" not in spec and "follows" not in spec and any(map(grids.reads_images, grids.grid_cells(g)))]
     out += [f"{g}: the search (validation split)\n\n{search_table(grids, g, runs)}" for g, spec in grids.grids.items()
             if "tune" in spec]
     return "\n\n".join(out)
