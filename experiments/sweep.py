@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no grid {sorted(unknown)} in {args.grids}; grids: {', '.join(grids.grids)}")
 
     def chosen(c: Cell) -> bool:
-        return (not args.grid or c.grid in args.grid) and (not args.cells or c.name in args.cells)
+        # a tuned cell's candidates and its choice answer to its ROW-COLUMN as well as to their own names
+        named = c.name in args.cells or f"{c.row}-{c.column.split('_')[0]}" in args.cells if args.cells else True
+        return (not args.grid or c.grid in args.grid) and named
 
     if args.cells and not [c for c in grids.cells.values() if chosen(c)]:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")

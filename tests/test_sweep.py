@@ -250,6 +250,16 @@ def test_a_tuned_cell_runs_its_search_then_the_setting_validation_chose_at_the_o
                            "tuned-fedavg-c_lr0.01-s1", "tuned-fedavg-c_lr0.01-s2"]
 
 
+
+def test_a_tuned_cell_named_by_its_row_and_column_runs_its_search_and_then_its_choice(tmp_path, dvc_calls,
+                                                                                      monkeypatch):
+    calls, _ = dvc_calls
+    sweep.main([*tuned_sweep(tmp_path, calls, monkeypatch), "tuned", "--cells", "fedavg-c"])
+    assert list(calls) == ["tuned-fedavg-c_lr0.05-s0", "tuned-fedavg-c_lr0.01-s0",
+                           "tuned-fedavg-c_lr0.01-s1", "tuned-fedavg-c_lr0.01-s2"]
+    with pytest.raises(SystemExit, match="no cell"):
+        sweep.main([*tuned_sweep(tmp_path, calls, monkeypatch), "tuned", "--cells", "fedavg-d"])
+
 def test_a_search_run_that_diverged_is_recorded_as_the_worst_setting_and_not_run_again(tmp_path, dvc_calls,
                                                                                        monkeypatch, capsys):
     calls, fail = dvc_calls
