@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def chosen(c: Cell) -> bool:
         # a tuned cell's candidates and its choice answer to its ROW-COLUMN as well as to their own names
-        named = c.name in args.cells or f"{c.row}-{c.column.split('_')[0]}" in args.cells if args.cells else True
-        return (not args.grid or c.grid in args.grid) and named
+        names = {c.name, f"{c.row}-{c.column.split('_')[0]}"}
+        return (not args.grid or c.grid in args.grid) and (not args.cells or bool(names & set(args.cells)))
 
     if args.cells and not [c for c in grids.cells.values() if chosen(c)]:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")

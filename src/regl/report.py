@@ -327,13 +327,13 @@ class Grids:
     def identity(self, cell: Cell) -> dict[str, Any]:
         """What the cell is: params.yaml's value of every key its runs depend on, the cell's overrides over it."""
         params = {k: cell.overrides.get(k, v) for k, v in self.defaults.items()}
-        if _reads_images(params):
+        if self.reads_images(cell):
             return params
         return {k: v for k, v in params.items() if not k.startswith(GENERATOR_SECTIONS)}
 
     def reads_images(self, cell: Cell) -> bool:
         """Whether the cell's runs train or personalize on synthetic images."""
-        return _reads_images({k: cell.overrides.get(k, v) for k, v in self.defaults.items()})
+        return any(cell.overrides.get(k, self.defaults.get(k)) for k in ("train.synthetic", "personalize.synthetic"))
 
     def run_params(self, cell: Cell) -> dict[str, Any]:
         """Every key a run of ``cell`` sets: each key the grids file sets (the cell's value, else params.yaml's),
@@ -352,10 +352,6 @@ class Grids:
             if self.matches(r, cell):
                 by_seed[r.seed] = r
         return [by_seed[s] for s in sorted(by_seed, key=str)]
-
-
-def _reads_images(params: dict[str, Any]) -> bool:
-    return bool(params.get("train.synthetic") or params.get("personalize.synthetic"))
 
 
 def tag(setting: dict[str, Any]) -> str:
@@ -465,23 +461,20 @@ def generator_table(grids: Grids, grid: str, runs: list[Run]) -> str:
              f"{METRICS['last5'][2]} (%) |", "|---|---|---|---|---|"]
     for c in [c for c in grids.grid_cells(grid) if grids.reads_images(c)]:
         found = grids.runs_of(c, runs)
-
-        def distinct(text: Any) -> str:
-            shown = list(dict.fromkeys(t for r in found if r.generator and (t := text(r.generator)) is not None))
-            return " / ".join(shown) or "–"
-
-        closer = distinct(lambda g: f"{g['clients_adapted_closer']} of {g['clients']}"
-                          if "clients_adapted_closer" in g and "clients" in g else None)
-        frechet = distinct(lambda g: f"{g['frechet_vanilla_mean']:.1f} → {g['frechet_adapted_mean']:.1f}"
-                           if "frechet_vanilla_mean" in g and "frechet_adapted_mean" in g else None)
+        shown = [_image_figures(r.generator) for r in found if r.generator]
+        columns = [" / ".join(dict.fromkeys(s[i] for s in shown)) or "–" for i in range(3)]
         label = c.title if one_row else f"{c.label}, {c.title}"
-        lines.append(f"| {label} | {distinct(lambda g: _figure(g, 'classifiability', '.3f'))} | {closer} | "
-                     f"{frechet} | {mean_std(values(found, 'last5'))} |")
+        lines.append(f"| {label} | " + " | ".join(columns) + f" | {mean_std(values(found, 'last5'))} |")
     return "\n".join(lines)
 
 
-def _figure(figures: dict[str, Any], key: str, fmt: str) -> str | None:
-    return format(figures[key], fmt) if _number(figures.get(key)) is not None else None
+def _image_figures(g: dict[str, Any]) -> tuple[str, str, str]:
+    """Classifiability, "k of n" adapted closer, "vanilla → adapted" Fréchet distance, as the table shows them."""
+    try:
+        return (f"{g['classifiability']:.3f}", f"{g['clients_adapted_closer']} of {g['clients']}",
+                f"{g['frechet_vanilla_mean']:.1f} → {g['frechet_adapted_mean']:.1f}")
+    except (KeyError, TypeError, ValueError):  # a run recorded before generator_quality wrote every figure
+        return ("–", "–", "–")
 
 
 def _shown(grids: Grids, cell: Cell | None, runs: list[Run], metric: str) -> str:
