@@ -118,3 +118,22 @@ def test_v_prediction_base_keeps_its_prediction_type_and_shape_through_save_and_
     assert loaded.scheduler.config.prediction_type == "v_prediction"
     assert DDPMScheduler.from_config(loaded.scheduler.config).config.prediction_type == "v_prediction"
     assert DPMSolverMultistepScheduler.from_config(loaded.scheduler.config).config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("vae_lr, expected", [(None, 2e-3), (3e-3, 3e-3)])
+def test_the_vae_trains_at_vae_lr_else_at_the_unets_lr(monkeypatch, vae_lr, expected):
+    """``generator.vae_lr`` is the VAE's own rate (600 steps at 3e-3 reconstruct real images the reference
+    classifier reads as well as 1,500 at 1e-3); left null, the VAE trains at ``generator.lr`` as it always did.
+    The U-Net then trains channels-last and comes back in the plain layout it is saved and fine-tuned in."""
+    import regl.generator.pretrain as pretrain
+
+    seen, train_vae = [], pretrain.train_vae
+    monkeypatch.setattr(pretrain, "train_vae", lambda vae, images, steps, batch, lr, seed: (
+        seen.append(lr), train_vae(vae, images, steps, batch, lr, seed))[-1])
+    pixels, labels = client_images(8)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cfg = GeneratorParams(vae_steps=1, unet_steps=2, batch_size=4, lr=2e-3, vae_lr=vae_lr, unet_widths=[16, 32],
+                          attention_heads=2)
+    pipe = pretrain_tiny(images, torch.from_numpy(labels), CLASSES, cfg)
+    assert seen == [expected]
+    assert all(p.is_contiguous() for p in pipe.unet.parameters())
