@@ -151,6 +151,24 @@ def test_a_changed_default_leaves_older_runs_out_only_of_the_cells_it_changes():
     assert cells_with_runs({**old, "train": {**old["train"], "rounds": 60}}) == []
 
 
+
+def test_a_grids_own_set_keeps_its_cells_at_the_recipe_their_runs_were_made_with():
+    """params.yaml adopts a new pre-training recipe; a grid made with the old one says so in its own `set`, and
+    its ReGL runs stay in its cells (FedAvg's never left: it reads no generator). A column's key beats the grid's,
+    a method's too. Before grids had a `set`, the grid's keys were ignored and the ReGL cell emptied."""
+    from regl.report import flatten
+    old = {**BASE, "generator": {"unet_steps": 2500}}
+    runs = read_runs(exp_show(rev("regl", old, 0.8, 0.8, 0.9),
+                              rev("regl600", {**old, "generator": {"unet_steps": 600}}, 0.7, 0.7, 0.9)))[0]
+    doc = json.loads(json.dumps(GRIDS))
+    doc["grids"]["t1"]["set"] = {"generator.unet_steps": 2500}
+    doc["grids"]["t1"]["columns"]["iid"] = {"title": "600 steps", "set": {"generator.unet_steps": 600},
+                                            "rows": ["regl"], "seeds": [0]}
+    g = Grids(doc, flatten({**old, "generator": {"unet_steps": 1200}}))
+    assert [r.name for r in g.runs_of(g.cells["t1/regl/b0.01"], runs)] == ["regl"]
+    assert [r.name for r in g.runs_of(g.cells["t1/regl/iid"], runs)] == ["regl600"]
+    assert g.runs_of(g.cells["abl/regl/default"], runs) == []  # a grid without the key reads params.yaml's
+
 def test_table_shows_mean_std_n_per_method_and_column():
     fedavg = [rev(f"f{i}", params(**{"train.seed": i}, **FEDAVG), v, v, 0.99) for i, v in enumerate([0.4, 0.5, 0.6])]
     iid = rev("iid", params(**{"partition.scheme": "iid"}, **FEDAVG), 0.88, 0.88, 0.9)

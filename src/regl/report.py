@@ -232,8 +232,11 @@ class Grids:
                     raise ValueError(f"grid {grid}: column {column!r}: a column id holds no '_'")
                 seeds = exceptions.get(f"{row}/{column}", col.get("seeds", spec.get("seeds", [])))
                 method = self.methods[row]
+                # the grid's own keys (e.g. the generator recipe its runs were made with), then the method's,
+                # then the column's: the most specific wins
                 cell = Cell(grid, row, column, method.get("label", row), str(col.get("title", column)),
-                            {**(method.get("set") or {}), **(col.get("set") or {})}, tuple(seeds),
+                            {**(spec.get("set") or {}), **(method.get("set") or {}), **(col.get("set") or {})},
+                            tuple(seeds),
                             tuple(col["stages"]) if col.get("stages") else None)
                 if "follows" in spec:
                     self.following[cell.ref] = (cell, f"{spec['follows'].split('/')[0]}/{row}/"
