@@ -130,6 +130,20 @@ def test_a_key_an_older_run_lacks_counts_as_its_params_yaml_value():
     assert [r.name for r in g.runs_of(g.cells["t1/regl/b0.01"], runs_of(rev("old", old, 0.7, 0.7, 0.9)))] == ["old"]
 
 
+
+def test_a_key_added_later_counts_for_older_runs_as_what_they_did_not_as_params_yamls_new_default():
+    """generator.vae_lr came with params.yaml's value null (the VAE at generator.lr: what every older run did), then
+    params.yaml moved to 0.003. A run made before the key existed is a null run, so it stays in a cell pinned
+    to null and leaves the one at 0.003; without `added_keys` it counted as 0.003, the other way round."""
+    from regl.report import flatten
+    made = read_runs(exp_show(rev("old", BASE, 0.8, 0.8, 0.9)))[0]
+    doc = json.loads(json.dumps(GRIDS))
+    doc["added_keys"] = {"generator.vae_lr": None}
+    doc["grids"]["t1"]["set"] = {"generator.vae_lr": None}
+    g = Grids(doc, flatten({**BASE, "generator": {"vae_lr": 0.003}}))
+    assert [r.name for r in g.runs_of(g.cells["t1/regl/b0.01"], made)] == ["old"]
+    assert g.runs_of(g.cells["abl/regl/default"], made) == []
+
 def test_a_changed_default_leaves_older_runs_out_only_of_the_cells_it_changes():
     # Runs made under the old pre-training recipe (generator.unet_steps 2500) and rounds (20), then params.yaml
     # moves on. The generator's sections are read only through synthetic images: FedAvg's run stays, ReGL's goes;

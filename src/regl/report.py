@@ -209,6 +209,8 @@ class Grids:
         self.grids: dict[str, Any] = doc.get("grids") or {}
         self.figures: dict[str, Any] = doc.get("figures") or {}
         self.searches: dict[str, dict[str, list]] = doc.get("searches") or {}
+        # params.yaml keys added after some runs were made, each with the value that does what those runs did
+        self.added_keys: dict[str, Any] = doc.get("added_keys") or {}
         # a tuned grid's (row, column) -> its candidates; its cells are the candidates
         self.tuned: dict[str, list[Cell]] = {}
         # a following grid's cell -> (the cell without the setting, the tuned cell whose choice it takes)
@@ -345,8 +347,10 @@ class Grids:
                 **{k: v for k, v in cell.overrides.items() if k in RUN_KEYS}}
 
     def matches(self, run: Run, cell: Cell) -> bool:
-        """A key a run's params lack (an older params.yaml) counts as params.yaml's value."""
-        return all(_same(run.params.get(k, self.defaults[k]), v) for k, v in self.identity(cell).items())
+        """A key a run's params lack (an older params.yaml) counts as its value under ``added_keys`` (what the
+        run did before the key existed), else as params.yaml's."""
+        return all(_same(run.params.get(k, self.added_keys.get(k, self.defaults[k])), v)
+                   for k, v in self.identity(cell).items())
 
     def runs_of(self, cell: Cell, runs: list[Run]) -> list[Run]:
         """The cell's runs, the newest of each seed, by seed."""

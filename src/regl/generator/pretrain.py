@@ -35,15 +35,15 @@ class GeneratorParams(Section):
     base: str = "tiny"
     revision: str | None = None
     public_style: Literal["none", "lowcontrast", "blur", "invert"] = "lowcontrast"
-    vae_steps: int = Field(200, ge=1)
-    vae_lr: float | None = Field(None, gt=0, le=1)  # None: lr
-    unet_steps: int = Field(2500, ge=1)
+    vae_steps: int = Field(600, ge=1)
+    vae_lr: float | None = Field(3e-3, gt=0, le=1)  # None: lr
+    unet_steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-3, gt=0, le=1)
+    lr: float = Field(2e-3, gt=0, le=1)
     ema_decay: float = Field(0.995, ge=0, lt=1)
     empty_caption_share: float = Field(0.1, ge=0, lt=1)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    snr_gamma: float | None = Field(None, gt=0)
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    snr_gamma: float | None = Field(5.0, gt=0)
     attention_heads: int = Field(8, ge=1)
     unet_widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=2, max_length=4,
                                    validate_default=True)

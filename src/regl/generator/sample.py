@@ -23,7 +23,7 @@ class GenerateParams(Section):
     lora_scale: float = Field(0.8, ge=0, le=2)
     guidance_scale: float = Field(5.0, ge=0)
     scheduler: Literal["dpm", "ddim", "euler", "pndm"] = "dpm"
-    steps: int = Field(20, ge=1)
+    steps: int = Field(12, ge=1)
     images_per_class: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     chunk_size: int = Field(256, ge=1)
