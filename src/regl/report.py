@@ -470,6 +470,9 @@ def generator_table(grids: Grids, grid: str, runs: list[Run]) -> str:
         found = grids.runs_of(c, runs)
         shown = [_image_figures(r.generator) for r in found if r.generator]
         columns = [" / ".join(dict.fromkeys(s[i] for s in shown)) or "–" for i in range(3)]
+        if shown and grids.identity(c).get("generate.lora_scale") == 0:
+            # no adapter: "adapted" and vanilla are one draw, whose two batchings differ in the last bits only
+            columns[1] = "no adapter"
         label = c.title if one_row else f"{c.label}, {c.title}"
         lines.append(f"| {label} | " + " | ".join(columns) + f" | {mean_std(values(found, 'last5'))} |")
     return "\n".join(lines)
