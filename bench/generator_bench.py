@@ -57,6 +57,10 @@ RECIPES = {
     "attention, style token": {"target_modules": ATTENTION, "caption": "a photo of {class}, sks style"},
     "attention, prior 10/class": {"target_modules": ATTENTION, "prior_images_per_class": 10},
     "attention, 300 steps": {"target_modules": ATTENTION, "steps": 300},
+    # fewer steps (the LoRA is half of a per-client stage's work)
+    "attention + conv, 100 steps": {"target_modules": CONV, "steps": 100},
+    "attention + conv, 100 steps, lr 1.5e-3": {"target_modules": CONV, "steps": 100, "lr": 1.5e-3},
+    "attention + conv, 75 steps, lr 2e-3": {"target_modules": CONV, "steps": 75, "lr": 2e-3},
 }
 
 

@@ -137,3 +137,72 @@ def test_the_vae_trains_at_vae_lr_else_at_the_unets_lr(monkeypatch, vae_lr, expe
                           attention_heads=2)
     pretrain_tiny(images, torch.from_numpy(labels), CLASSES, cfg)
     assert seen == [expected]
+
+
+def test_the_unet_leaves_pretraining_with_its_ema_weights(monkeypatch):
+    """Training channels-last replaces each parameter's data, so the EMA must take its views after the layout
+    change: made before it, the EMA averages the untrained weights and writes them into orphaned storage, and the
+    U-Net leaves with its raw last step instead."""
+    import regl.generator.pretrain as pretrain
+
+    made: list[EMA] = []
+
+    class Recorded(EMA):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(pretrain, "EMA", Recorded)
+    pixels, labels = client_images(8)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cfg = GeneratorParams(vae_steps=1, unet_steps=4, batch_size=4, ema_decay=0.9, unet_widths=[16, 32],
+                          attention_heads=2)
+    pipe = pretrain_tiny(images, torch.from_numpy(labels), CLASSES, cfg)
+    ema = made[0]
+    params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
+    assert all(torch.equal(p, s) for p, s in zip(params, ema.shadow))
+    assert all(p.is_contiguous() for p in pipe.unet.parameters())
+
+
+def test_channels_last_training_is_the_contiguous_maths(monkeypatch):
+    """The layout and the fused AdamW change the order of float sums, nothing else: a VAE and U-Net pre-trained,
+    and a LoRA fine-tuned from one base, a few steps with them end within rounding of the same training without
+    them, and leave in the contiguous layout."""
+    import copy
+    from contextlib import nullcontext
+
+    import regl.generator.lora as lora
+    import regl.generator.pretrain as pretrain
+    from regl.generator.lora import FinetuneParams, finetune
+    from regl.generator.sample import GenerateParams
+
+    pixels, labels = client_images(8)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cfg = GeneratorParams(vae_steps=3, unet_steps=3, batch_size=4, unet_widths=[16, 32], attention_heads=2)
+
+    def weights(pipe, lora_only: bool = False) -> list[torch.Tensor]:
+        assert all(p.is_contiguous() for part in (pipe.vae, pipe.unet) for p in part.parameters())
+        return [p.detach().clone() for part in (pipe.vae, pipe.unet) for name, p in part.named_parameters()
+                if "lora" in name or not lora_only]
+
+    def fine_tuned(base) -> list[torch.Tensor]:
+        pipe = copy.deepcopy(base)
+        finetune(pipe, pixels, labels, CLASSES, FinetuneParams(steps=3, batch_size=4, lr=1e-2), GenerateParams(), 0)
+        return weights(pipe, lora_only=True)
+
+    base = pretrain_tiny(images, torch.from_numpy(labels), CLASSES, cfg)
+    laid_out_base, laid_out_lora = weights(base), fine_tuned(base)
+    for module in (pretrain, lora):
+        monkeypatch.setattr(module, "channels_last", lambda *modules: nullcontext())
+        monkeypatch.setattr(module, "adamw", lambda params, lr, weight_decay: torch.optim.AdamW(
+            list(params), lr=lr, weight_decay=weight_decay))
+    plain_lora = fine_tuned(base)
+    plain_base = weights(pretrain_tiny(images, torch.from_numpy(labels), CLASSES, cfg))
+
+    # Adam divides by the gradient's running size, so a rounding difference on a near-zero gradient can move a
+    # weight by up to a step (lr 2e-3); that happens to a few weights, where a wrong layout moves them all.
+    apart = sum(int(((a - b).abs() > 1e-3).sum()) for a, b in zip(laid_out_base, plain_base))
+    assert len(laid_out_base) == len(plain_base) and apart / sum(a.numel() for a in plain_base) < 1e-3
+    assert len(laid_out_lora) == len(plain_lora) > 0
+    for a, b in zip(laid_out_lora, plain_lora):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)  # three steps at lr 1e-2 move them by up to 3e-2

@@ -33,6 +33,7 @@ from regl.core.chunks import run_key
 from regl.core.errors import ReglError
 from regl.data.shards import read_shard
 from regl.generator.base import load_pipeline
+from regl.generator.layout import adamw, channels_last
 from regl.generator.objective import denoising_loss
 from regl.generator.sample import GenerateParams, generate, per_class
 from regl.generator.space import encode_moments, to_model
@@ -126,7 +127,7 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
     add_lora(pipe.unet, cfg, client)
     cast_training_params(pipe.unet, dtype=torch.float32)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    opt = adamw(params, lr=cfg.lr, weight_decay=1e-2)
     unet, opt = accelerator.prepare(pipe.unet, opt)
     unet.train()
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "finetune", client))
@@ -156,20 +157,21 @@ def finetune(pipe: StableDiffusionPipeline, pixels: np.ndarray, labels: np.ndarr
         log.info("client %d: resuming the LoRA from step %d of %d (%s)", client, len(losses), cfg.steps,
                  checkpoint.path)
     every = max(1, cfg.steps // 10)
-    for step in tqdm(range(len(losses) + 1, cfg.steps + 1), desc=f"lora client {client}", mininterval=5):
-        loss = batch_loss(mean, std, targets)
-        if prior_mean is not None:
-            loss = loss + batch_loss(prior_mean, prior_std, prior_y)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
-        losses.append(loss.item())
-        if checkpoint is not None and step % every == 0 and step < cfg.steps:
-            checkpoint.save({"adapter": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
-                             "generator": gen.get_state(), "losses": list(losses),
-                             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None})
-        if on_step is not None:
-            on_step(step)
+    with channels_last(unet):
+        for step in tqdm(range(len(losses) + 1, cfg.steps + 1), desc=f"lora client {client}", mininterval=5):
+            loss = batch_loss(mean, std, targets)
+            if prior_mean is not None:
+                loss = loss + batch_loss(prior_mean, prior_std, prior_y)
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            opt.step()
+            losses.append(loss.item())
+            if checkpoint is not None and step % every == 0 and step < cfg.steps:
+                checkpoint.save({"adapter": [p.detach().clone() for p in params], "optimizer": opt.state_dict(),
+                                 "generator": gen.get_state(), "losses": list(losses),
+                                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None})
+            if on_step is not None:
+                on_step(step)
     if checkpoint is not None:
         checkpoint.remove()
     pipe.unet = accelerator.unwrap_model(unet)

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from tqdm import tqdm
 
 from regl.generator import tinysd
+from regl.generator.layout import adamw, channels_last
 from regl.generator.objective import denoising_loss
 from regl.generator.space import encode_moments
 from regl.generator.styles import apply_style
@@ -107,20 +108,21 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float,
     draws come from a CPU generator whatever the device, so a CPU run gives the same bytes as before devices."""
     dev = images.device
     gen = torch.Generator().manual_seed(derive_seed(seed, "pretrain", "vae"))
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    opt = adamw(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, min(50, steps // 10), steps)
     vae.train()
     bar = tqdm(range(steps), desc="vae", mininterval=5)
-    for _ in bar:
-        x = images[torch.randint(len(images), (batch_size,), generator=gen)]
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)
-        loss = F.mse_loss(vae.decode(z).sample, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    with channels_last(vae):
+        for _ in bar:
+            x = images[torch.randint(len(images), (batch_size,), generator=gen)]
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)
+            loss = F.mse_loss(vae.decode(z).sample, x) + 1e-6 * post.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     vae.eval()
 
 
@@ -134,36 +136,34 @@ def train_denoiser(pipe: StableDiffusionPipeline, mean: torch.Tensor, std: torch
     table = caption_ids(pipe.tokenizer, [[t.format(**{"class": c}) for t in TEMPLATES] for c in class_names])
     empty = caption_ids(pipe.tokenizer, [[""]])[0, 0]
     sf = pipe.vae.config.scaling_factor
-    # Channels-last convolutions and the fused AdamW step: together about a sixth off a step on 2 CPU cores.
-    unet.to(memory_format=torch.channels_last)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2, fused=True)
-    sched = get_cosine_schedule_with_warmup(opt, min(100, cfg.unet_steps // 10), cfg.unet_steps)
-    ema = EMA(params, cfg.ema_decay)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(cfg.unet_steps), desc="unet", mininterval=5)
-    for _ in bar:
-        idx = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(dev)) * sf
-        noise = torch.randn(z.shape, generator=gen).to(dev)
-        t = torch.randint(scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
-        template = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
-        ids = table[labels[idx], template]
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share
-        ids[drop] = empty
-        cond = text_encoder(ids.to(dev))[0]
-        pred = unet(scheduler.add_noise(z, noise, t), t, cond).sample
-        loss = denoising_loss(scheduler, pred, z, noise, t, cfg.snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    ema.copy_to_params()
-    unet.to(memory_format=torch.contiguous_format)
+    with channels_last(unet):  # first: the EMA keeps views of the parameters' data, which the layout change replaces
+        opt = adamw(params, lr=cfg.lr, weight_decay=1e-2)
+        sched = get_cosine_schedule_with_warmup(opt, min(100, cfg.unet_steps // 10), cfg.unet_steps)
+        ema = EMA(params, cfg.ema_decay)
+        for _ in bar:
+            idx = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
+            z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(dev)) * sf
+            noise = torch.randn(z.shape, generator=gen).to(dev)
+            t = torch.randint(scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen).to(dev)
+            template = torch.randint(len(TEMPLATES), (cfg.batch_size,), generator=gen)
+            ids = table[labels[idx], template]
+            drop = torch.rand(cfg.batch_size, generator=gen) < cfg.empty_caption_share
+            ids[drop] = empty
+            cond = text_encoder(ids.to(dev))[0]
+            pred = unet(scheduler.add_noise(z, noise, t), t, cond).sample
+            loss = denoising_loss(scheduler, pred, z, noise, t, cfg.snr_gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            ema.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        ema.copy_to_params()
     unet.eval()
     text_encoder.eval()
 

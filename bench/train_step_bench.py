@@ -1,0 +1,124 @@
+"""Milliseconds a training step of tiny-sd's three trainers, laid out two ways: contiguous tensors with the default
+AdamW, and channels-last convolutions with the fused AdamW.
+
+The trainers are pretrain_generator's VAE (batch generator.batch_size / 2) and U-Net + text encoder (batch
+generator.batch_size), and finetune_lora's LoRA on the U-Net (batch finetune.batch_size), each at params.yaml's
+sizes on random weights and random 32 px images (a step's cost does not depend on the values). The two layouts
+alternate, so both see the same machine; the figure is the median over ``--steps`` timed steps after a warm-up.
+
+    python bench/train_step_bench.py [--steps 20] [--out bench/results/train_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
+from regl.generator import tinysd
+from regl.generator.lora import FinetuneParams, add_lora
+from regl.generator.pretrain import GeneratorParams
+
+SIZE, CHANNELS = 32, 1  # the embedded default's images
+
+
+def vae_step(cfg: GeneratorParams):
+    vae = tinysd.build_vae(CHANNELS, SIZE)
+    x = torch.rand(cfg.batch_size // 2, CHANNELS, SIZE, SIZE) * 2 - 1
+
+    def step(opt):
+        post = vae.encode(x).latent_dist
+        loss = F.mse_loss(vae.decode(post.sample()).sample, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return vae, list(vae.parameters()), step
+
+
+def _unet(cfg: GeneratorParams):
+    return tinysd.build_unet(SIZE // 4, tuple(cfg.unet_widths), heads=cfg.attention_heads)
+
+
+def _cond(batch: int) -> torch.Tensor:
+    return torch.randn(batch, tinysd.MAX_TOKENS, 64)
+
+
+def unet_step(cfg: GeneratorParams):
+    unet = _unet(cfg)
+    z, cond = torch.randn(cfg.batch_size, 4, SIZE // 4, SIZE // 4), _cond(cfg.batch_size)
+
+    def step(opt):
+        t = torch.randint(1000, (cfg.batch_size,))
+        loss = F.mse_loss(unet(z, t, cond).sample, z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return unet, list(unet.parameters()), step
+
+
+def lora_step(cfg: GeneratorParams, lora: FinetuneParams):
+    unet = _unet(cfg)
+    unet.requires_grad_(False)
+    add_lora(unet, lora, client=0)
+    z, cond = torch.randn(lora.batch_size, 4, SIZE // 4, SIZE // 4), _cond(lora.batch_size)
+
+    def step(opt):
+        t = torch.randint(1000, (lora.batch_size,))
+        loss = F.mse_loss(unet(z, t, cond).sample, z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return unet, [p for p in unet.parameters() if p.requires_grad], step
+
+
+def time_layouts(build, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms a step for each layout, the two timed in alternation on one model each."""
+    runs = {}
+    for name, channels_last in (("contiguous", False), ("channels_last_fused", True)):
+        model, params, step = build()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=channels_last or None)
+        model.train()
+        for _ in range(warmup):
+            step(opt)
+        runs[name] = (step, opt, [])
+    for _ in range(steps):
+        for step, opt, times in runs.values():
+            start = time.perf_counter()
+            step(opt)
+            times.append(time.perf_counter() - start)
+    out = {name: round(1000 * statistics.median(times), 1) for name, (_, _, times) in runs.items()}
+    out["ratio"] = round(out["channels_last_fused"] / out["contiguous"], 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    threads = load_experiment(DEFAULT_PARAMS).threads
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = load_section(DEFAULT_PARAMS, "generator", GeneratorParams)
+    lora = load_section(DEFAULT_PARAMS, "finetune", FinetuneParams)
+    result = {"threads": threads, "torch": torch.__version__, "steps": args.steps, "ms_per_step": {
+        "vae": time_layouts(lambda: vae_step(cfg), args.steps),
+        "unet": time_layouts(lambda: unet_step(cfg), args.steps),
+        "lora": time_layouts(lambda: lora_step(cfg, lora), args.steps),
+    }}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
