@@ -54,7 +54,7 @@ class FinetuneParams(Section):
                                       min_length=1)
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
-    steps: int = Field(150, ge=1)
+    steps: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     empty_caption_share: float = Field(0.1, ge=0, lt=1)
