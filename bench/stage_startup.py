@@ -4,8 +4,9 @@ Runs `finetune_lora` and `generate` for one client as DVC would (a fresh `python
 with the work cut to one step (finetune.steps = 1; generate.images_per_class = 1, generate.steps = 1), writing
 into a scratch folder, so the wall time is start-up (imports, loading the generator and the client's shard) plus
 one step and the writes: an upper bound on the time to the first step. Beside them, the floor no stage can go
-under while it uses diffusers: a bare process importing torch, and one importing what every generator stage
-needs (diffusers' StableDiffusionPipeline and peft), measured in the same run. Then, per stage, the seconds its
+under while it uses diffusers: a bare process importing torch, one importing only the classes a stage uses
+(each from its own module), and one importing what the stages import (diffusers' StableDiffusionPipeline and
+peft), measured in the same run. Then, per stage, the seconds its
 imports take, by package (`python -X importtime`, cumulative, the packages regl's modules import first-hand).
 
 Needs `dvc repro partition pretrain_generator` first (models/generator, data/clients); the adapter it makes itself.
@@ -51,6 +52,13 @@ def commands(client: int, params: Path, out: Path) -> dict[str, list[str]]:
 
 FLOOR = {
     "python + torch": "import torch",
+    # the classes a stage uses, each from its own module, not through diffusers' and transformers' package roots
+    "python + only the modules used": (
+        "from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL; "
+        "from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel; "
+        "from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler; "
+        "from transformers.models.clip.modeling_clip import CLIPTextModel; "
+        "from transformers.models.clip.tokenization_clip import CLIPTokenizer; from peft import LoraConfig"),
     "python + diffusers pipeline + peft": "from diffusers import StableDiffusionPipeline; import peft",
 }
 
