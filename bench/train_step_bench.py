@@ -41,36 +41,18 @@ def vae_step(cfg: GeneratorParams):
     return vae, list(vae.parameters()), step
 
 
-def _unet(cfg: GeneratorParams):
-    return tinysd.build_unet(SIZE // 4, tuple(cfg.unet_widths), heads=cfg.attention_heads)
-
-
-def _cond(batch: int) -> torch.Tensor:
-    return torch.randn(batch, tinysd.MAX_TOKENS, 64)
-
-
-def unet_step(cfg: GeneratorParams):
-    unet = _unet(cfg)
-    z, cond = torch.randn(cfg.batch_size, 4, SIZE // 4, SIZE // 4), _cond(cfg.batch_size)
+def denoiser_step(cfg: GeneratorParams, lora: FinetuneParams | None = None):
+    """A U-Net step at batch generator.batch_size, or with ``lora`` its adapter's step at finetune.batch_size."""
+    unet = tinysd.build_unet(SIZE // 4, tuple(cfg.unet_widths), heads=cfg.attention_heads)
+    batch = cfg.batch_size
+    if lora is not None:
+        unet.requires_grad_(False)
+        add_lora(unet, lora, client=0)
+        batch = lora.batch_size
+    z, cond = torch.randn(batch, 4, SIZE // 4, SIZE // 4), torch.randn(batch, tinysd.MAX_TOKENS, 64)
 
     def step(opt):
-        t = torch.randint(1000, (cfg.batch_size,))
-        loss = F.mse_loss(unet(z, t, cond).sample, z)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return unet, list(unet.parameters()), step
-
-
-def lora_step(cfg: GeneratorParams, lora: FinetuneParams):
-    unet = _unet(cfg)
-    unet.requires_grad_(False)
-    add_lora(unet, lora, client=0)
-    z, cond = torch.randn(lora.batch_size, 4, SIZE // 4, SIZE // 4), _cond(lora.batch_size)
-
-    def step(opt):
-        t = torch.randint(1000, (lora.batch_size,))
-        loss = F.mse_loss(unet(z, t, cond).sample, z)
+        loss = F.mse_loss(unet(z, torch.randint(1000, (batch,)), cond).sample, z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -111,8 +93,8 @@ def main() -> None:
     lora = load_section(DEFAULT_PARAMS, "finetune", FinetuneParams)
     result = {"threads": threads, "torch": torch.__version__, "steps": args.steps, "ms_per_step": {
         "vae": time_layouts(lambda: vae_step(cfg), args.steps),
-        "unet": time_layouts(lambda: unet_step(cfg), args.steps),
-        "lora": time_layouts(lambda: lora_step(cfg, lora), args.steps),
+        "unet": time_layouts(lambda: denoiser_step(cfg), args.steps),
+        "lora": time_layouts(lambda: denoiser_step(cfg, lora), args.steps),
     }}
     text = json.dumps(result, indent=2)
     print(text)
