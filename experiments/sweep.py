@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     while True:  # again once a tuned cell's search has run: its choice runs at the grid's seeds
         exported = read_runs(json.loads(args.export.read_text()), diverged=True)[0] \
             if args.export and args.export.exists() else []
-        cells = [c for c in [*grids.cells.values(), *grids.chosen_cells(exported)] if chosen(c)]
+        # fixed cells, tuned cells' choices, and the cells of a grid that follows a tuned one (e.g. `long`)
+        cells = [c for c in [*grids.cells.values(), *grids.resolved_cells(exported)] if chosen(c)]
         todo, done = plan(grids, cells, exported, names, args.seeds, bool(args.cells))
         todo = [(seed, cell) for seed, cell in todo if run_name(cell, seed) not in tried]
         if not tried:

@@ -214,7 +214,8 @@ def tuned_sweep(tmp_path, calls, monkeypatch):
     """A grids file with one tuned cell (FedAvg, lr 0.05 or 0.01, seeds 0-2) and an export the fake `dvc exp run`
     fills: lr 0.01 scores better on validation (0.8 against 0.6), lr 0.05 on test (0.9 against 0.7)."""
     grids_file, params_file, path = tmp_path / "grids.yaml", tmp_path / "params.yaml", tmp_path / "grid.json"
-    params_file.write_text("threads: 2\ntrain: {algorithm: fedavg, lr: 0.05, seed: 0}\npersonalize: {seed: 0}\n")
+    params_file.write_text("threads: 2\ntrain: {algorithm: fedavg, lr: 0.05, momentum: 0.9, seed: 0}\n"
+                           "personalize: {seed: 0}\n")
     grids_file.write_text("methods: {fedavg: {label: FedAvg, set: {train.algorithm: fedavg}}}\n"
                           "searches: {fedavg: {train.lr: [0.05, 0.01]}}\n"
                           "grids: {tuned: {tune: {seed: 0, budget: 2}, rows: [fedavg], seeds: [0, 1, 2],\n"
@@ -259,6 +260,20 @@ def test_a_tuned_cell_named_by_its_row_and_column_runs_its_search_and_then_its_c
                            "tuned-fedavg-c_lr0.01-s1", "tuned-fedavg-c_lr0.01-s2"]
     with pytest.raises(SystemExit, match="no cell"):
         sweep.main([*tuned_sweep(tmp_path, calls, monkeypatch), "tuned", "--cells", "fedavg-d"])
+
+
+def test_a_grid_that_follows_a_tuned_one_runs_at_the_setting_its_search_chose(tmp_path, dvc_calls, monkeypatch):
+    # `long` follows tuned/c: once the search has chosen lr 0.01 (on validation), its cell runs at lr 0.01
+    calls, _ = dvc_calls
+    args = tuned_sweep(tmp_path, calls, monkeypatch)
+    grids_file = Path(args[1])
+    spec = yaml.safe_load(grids_file.read_text())
+    spec["grids"]["long"] = {"follows": "tuned/c", "rows": ["fedavg"], "seeds": [0],
+                             "columns": {"r60": {"title": "sixty", "set": {"train.momentum": 0.5}}}}
+    grids_file.write_text(yaml.safe_dump(spec))
+    sweep.main(args)
+    assert calls["long-fedavg-r60_lr0.01-s0"]["train.lr"] == "0.01"
+    assert calls["long-fedavg-r60_lr0.01-s0"]["train.momentum"] == "0.5"
 
 def test_a_search_run_that_diverged_is_recorded_as_the_worst_setting_and_not_run_again(tmp_path, dvc_calls,
                                                                                        monkeypatch, capsys):
