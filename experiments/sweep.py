@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         names = {c.name, f"{c.row}-{c.column.split('_')[0]}"}
         return (not args.grid or c.grid in args.grid) and (not args.cells or bool(names & set(args.cells)))
 
-    if args.cells and not [c for c in grids.cells.values() if chosen(c)]:
+    following = [template for template, _ in grids.following.values()]  # their setting waits for a search
+    if args.cells and not [c for c in [*grids.cells.values(), *following] if chosen(c)]:
         raise SystemExit(f"error: no cell {args.cells} in grid(s) {args.grid or 'any'}")
     cores = args.cores or int(committed_params(args.params).get("threads", 1))
     threads = max(1, cores // args.workers)

@@ -271,6 +271,8 @@ def test_a_grid_that_follows_a_tuned_one_runs_at_the_setting_its_search_chose(tm
     spec["grids"]["long"] = {"follows": "tuned/c", "rows": ["fedavg"], "seeds": [0],
                              "columns": {"r60": {"title": "sixty", "set": {"train.momentum": 0.5}}}}
     grids_file.write_text(yaml.safe_dump(spec))
+    sweep.main([*args, "long", "--cells", "fedavg-r60"])
+    assert not calls  # its setting waits for the search
     sweep.main(args)
     assert calls["long-fedavg-r60_lr0.01-s0"]["train.lr"] == "0.01"
     assert calls["long-fedavg-r60_lr0.01-s0"]["train.momentum"] == "0.5"
