@@ -8,7 +8,7 @@ of a few thousand 512 px images through the chunked generate path. Prints one JS
    224 px shards that prepare and partition wrote, one round per precision: seconds and peak GPU memory.
 3. ``generate``: a randomly initialised pipeline of Stable Diffusion 1.5's sizes (bench/gpu_sd15.py builds it, no
    downloads) behind a manifest, a LoRA saved from a few fine-tuning steps, then ``synthesize`` — what
-   generate@<id> runs — writing chunk by chunk: images/s, peak GPU memory, and the host's resident memory after
+   the stage generate runs for each client — writing chunk by chunk: images/s, peak GPU memory, and the host's resident memory after
    every chunk (it should stay flat: one chunk of encoded images is held, never the shard).
 
     python bench/gpu_scale.py                 # needs CUDA; over 4.5 min on an H100 (classifier 73 s, stage ~45 s,

@@ -1,4 +1,4 @@
-"""Benchmark: how long a per-client generator stage takes from process start to its first step.
+"""Benchmark: how long a generator stage (finetune_lora, generate) takes from process start to its first step.
 
 Runs `finetune_lora` and `generate` for one client as DVC would (a fresh `python stages/<stage>.py` process)
 with the work cut to one step (finetune.steps = 1; generate.images_per_class = 1, generate.steps = 1), writing

@@ -1,7 +1,7 @@
 """Benchmark: the main job's stages, run one after another in dvc.yaml's order without DVC, each timed; then,
 optionally, more federated_train runs with params overridden (a FedAvg run beside the ReGL one, another seed).
 
-For a machine where dvc is not installed - a lent GPU, say - and for the cost of the grid there: what one client's
+For a machine where dvc is not installed - a lent GPU, say - and for the cost of the grid there: what the clients'
 generator stages cost, what one run of each kind costs. Each stage is its own process, as under `dvc repro`, so
 the times include each stage's start-up (imports, CUDA set-up). The JSON summary is rewritten after every stage,
 so a run cut short keeps what it did.
@@ -40,16 +40,9 @@ def set_key(d: dict, dotted: str, value: str) -> None:
     d[last] = yaml.safe_load(value)
 
 
-def pipeline_commands(dvc_yaml: Path, params: dict) -> list[tuple[str, str]]:
-    """(stage name, command) in dvc.yaml's order, ``foreach`` stages expanded over the params list they name."""
-    out = []
-    for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
-        if "foreach" in stage:
-            items = params[stage["foreach"].strip("${}")]
-            out += [(f"{name}@{item}", stage["do"]["cmd"].replace("${item}", str(item))) for item in items]
-        else:
-            out.append((name, stage["cmd"]))
-    return out
+def pipeline_commands(dvc_yaml: Path) -> list[tuple[str, str]]:
+    """(stage name, command) in dvc.yaml's order."""
+    return [(name, stage["cmd"]) for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items()]
 
 
 def run_stage(name: str, cmd: str, log: Path) -> dict:
@@ -70,7 +63,7 @@ def run_stage(name: str, cmd: str, log: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None,
-                    help="stage names: generate@3 one item, generate all (dvc.yaml's order kept)")
+                    help="only these stages (dvc.yaml's order kept)")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE...]")
     ap.add_argument("--extra-stages", nargs="+", default=["federated_train"])
     ap.add_argument("--deadline", type=float, default=None, help="seconds after which no new stage starts")
@@ -81,8 +74,8 @@ def main() -> None:
     params_file = REPO / "params.yaml"
     original = params_file.read_bytes()
     params = yaml.safe_load(original)
-    stages = [(n, c) for n, c in pipeline_commands(REPO / "dvc.yaml", params)
-              if args.only is None or n in args.only or n.split("@")[0] in args.only]
+    stages = [(n, c) for n, c in pipeline_commands(REPO / "dvc.yaml")
+              if args.only is None or n in args.only]
     t0 = time.perf_counter()
     summary = {
         "machine": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -105,7 +98,7 @@ def main() -> None:
         summary["stages"].append(run_stage(name, cmd, args.log))
         save()
 
-    commands = dict(pipeline_commands(REPO / "dvc.yaml", params))
+    commands = dict(pipeline_commands(REPO / "dvc.yaml"))
     try:
         for spec in args.extra:
             run_name, _, overrides = spec.partition("=")

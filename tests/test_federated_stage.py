@@ -141,8 +141,8 @@ def check_reruns(repo):
     assert not changed & {"prepare", "pretrain_generator", "reference_classifier"}
     set_params(repo, beta=0.01, **{"train.local_epochs": 1, "generate.prompt": "a picture of {class}"})
     changed = set(json.loads(dvc("status", "--json", cwd=repo).stdout))
-    assert {"generate@0", "generate@1", "generate@2"} <= changed
-    assert not {s for s in changed if s.startswith(("finetune_lora", "pretrain", "partition", "prepare"))}
+    assert "generate" in changed
+    assert not changed & {"finetune_lora", "pretrain_generator", "partition", "prepare"}
 
 
 def kill_mid_run(repo) -> int:

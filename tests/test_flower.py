@@ -262,9 +262,8 @@ def regl_repo(tmp_path_factory, fake_fmnist):
     repo = make_pipeline(tmp_path_factory.mktemp("regl-nodes") / "repo", fake_fmnist, **THREE_CLIENTS)
     for name in ("prepare", "partition", "pretrain_generator"):
         stage(name, repo)
-    for cid in THREE_CLIENTS["clients"]:
-        stage("finetune_lora", repo, "--client", str(cid))
-        stage("generate", repo, "--client", str(cid))
+    stage("finetune_lora", repo)  # every client, one after another in one process
+    stage("generate", repo)
     train(repo, "local", "fedavg", "local")
     return repo
 
@@ -299,7 +298,7 @@ def assert_only_model_updates_and_figures(log_file: Path, repo: Path, rounds: in
 def test_simulated_nodes_adapt_and_generate_with_the_pipelines_bytes(regl_repo):
     """Flower's simulation runtime with train.flower.generate_on_nodes: each node receives the base generator,
     fine-tunes its LoRA on its own shard and makes its synthetic shard in its own folder — the bytes
-    finetune_lora@<id> and generate@<id> wrote — and training on them gives the local engine's model. The server's
+    finetune_lora and generate wrote — and training on them gives the local engine's model. The server's
     message log holds only model-shaped arrays and named numbers: no image, no label list, no adapter."""
     repo = regl_repo
     log_file = repo / "messages-simulation.jsonl"

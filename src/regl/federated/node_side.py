@@ -3,11 +3,11 @@ its synthetic shard, in a folder of its own; only the figures of that work leave
 
 The base generator reaches the node as the files of the server's ``models/generator`` folder (tiny-sd: weights,
 configs and tokenizer, about 16 MB; a real checkpoint: only the manifest naming it and its revision, which the node
-loads from its own disk or Hugging Face cache). The work is done by the functions stages finetune_lora@<id> and
-generate@<id> call (regl.generator.lora.finetune_client, regl.generator.generate.make_synthetic), so a node writes
-the bytes those stages write for the same params, inputs and torch thread count. A node keeps what it made: a
-later run with the same generator, params, shard, code and thread count reuses it (the fingerprint beside each
-output, ``<output>.key``), and a generation cut short resumes from its last finished chunk.
+loads from its own disk or Hugging Face cache). The work is done by the functions stages finetune_lora and
+generate call for each client (regl.generator.lora.finetune_client, regl.generator.generate.make_synthetic), so a
+node writes the bytes those stages write for the same params, inputs and torch thread count. A node keeps what it
+made: a later run with the same generator, params, shard, code and thread count reuses it (the fingerprint beside
+each output, ``<output>.key``), and a generation cut short resumes from its last finished chunk.
 """
 
 from __future__ import annotations

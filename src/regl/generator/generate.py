@@ -1,4 +1,4 @@
-"""Stage generate@<id>'s work for one client: synthetic images of every class from the base generator and the
+"""Stage generate's work for one client: synthetic images of every class from the base generator and the
 client's LoRA, made and written in chunks.
 
 ``synthesize`` writes the adapted images (the client's synthetic shard) and the vanilla images from the same
@@ -115,12 +115,14 @@ def synthetic_key(generator: Path, adapter: Path, real_file: Path, g: GeneratePa
 
 
 def make_synthetic(generator: Path, adapter: Path, real_file: Path, g: GenerateParams, client: int, out: Path,
-                   vanilla_out: Path, on_chunk: Callable[[str, int], None] | None = None) -> Synthesis:
-    """Stage generate@<id>'s work, also a Flower node's (regl.federated.node_side): the client's synthetic shard
-    ``out`` and its vanilla comparison ``vanilla_out`` from the base generator and its adapter, made in chunks kept in
-    ``<out>.partial/`` until the run completes: a rerun with the same fingerprint resumes from them, anything
-    else starts over."""
-    chunks = Chunks(out.with_name(out.name + ".partial"), synthetic_key(generator, adapter, real_file, g, client))
+                   vanilla_out: Path, on_chunk: Callable[[str, int], None] | None = None,
+                   partial: Path | None = None) -> Synthesis:
+    """Stage generate's work for one client, also a Flower node's (regl.federated.node_side): the client's
+    synthetic shard ``out`` and its vanilla comparison ``vanilla_out`` from the base generator and its adapter, made
+    in chunks kept in ``partial`` (default ``<out>.partial/``) until the run completes: a rerun with the same
+    fingerprint resumes from them, anything else starts over."""
+    key = synthetic_key(generator, adapter, real_file, g, client)
+    chunks = Chunks(partial or out.with_name(out.name + ".partial"), key)
     result = synthesize(load_pipeline(generator), real_file, adapter, g, client, out, vanilla_out, chunks, on_chunk)
     chunks.remove()
     return result

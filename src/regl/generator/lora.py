@@ -217,9 +217,9 @@ def load_lora(pipe: StableDiffusionPipeline, folder: Path) -> None:
 def finetune_client(generator: Path, real_file: Path, cfg: FinetuneParams, sampler: GenerateParams, client: int,
                     out: Path, log: logging.Logger, checkpoint: Path | None = None,
                     on_step: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Stage finetune_lora@<id>'s work, also a Flower node's (regl.federated.node_side): fine-tune the client's LoRA
-    on ``real_file`` over the base generator in ``generator``; write it to the folder ``out`` (the adapter's
-    safetensors and training.json) atomically; return its training figures. ``checkpoint``: where the training
+    """Stage finetune_lora's work for one client, also a Flower node's (regl.federated.node_side): fine-tune the
+    client's LoRA on ``real_file`` over the base generator in ``generator``; write it to the folder ``out`` (the
+    adapter's safetensors and training.json) atomically; return its training figures. ``checkpoint``: where the training
     state is kept while it runs, so that a killed run resumes (keyed by params, inputs, code and thread count)."""
     shard = read_shard(real_file)
     pipe = load_pipeline(generator)
