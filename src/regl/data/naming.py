@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def client_name(client: int) -> str:
-    """``client_<id>``, unpadded: DVC foreach templates build the same name from ``${item}``."""
+    """``client_<id>``, unpadded: every per-client file and folder of the pipeline is named with it."""
     return f"client_{client}"
 
 
