@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import dvc, load_stage, make_pipeline, set_params, stage
+from conftest import dvc, load_stage, make_pipeline, set_params
 from typer.testing import CliRunner
 
 from regl.generator import tinysd
@@ -387,13 +387,21 @@ def test_same_params_same_bytes(generator_repo):
     assert {p: sha(repo / p) for p in GENERATED} == before
 
 
-def test_a_client_alone_in_its_own_process_gets_the_bytes_of_the_stages_loop(generator_repo, tmp_path):
+def test_a_client_alone_gets_the_bytes_of_the_stages_loop(generator_repo, tmp_path, monkeypatch):
     # finetune_lora and generate run every client in one process; a client's adapter and images must not depend
-    # on the clients before it (its seeds are keyed by (seed, client), and each client loads the base afresh)
+    # on the clients before it (its seeds are keyed by (seed, client), and each client loads the base afresh).
+    # Run here in pytest's process, after whatever the other tests left in torch's global state.
     repo = generator_repo
-    stage("finetune_lora", repo, "--client", "1", "--out", str(tmp_path / "lora"))
-    stage("generate", repo, "--client", "1", "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "synthetic"),
-          "--vanilla-out", str(tmp_path / "vanilla"), "--grids", str(tmp_path / "grids"))
+    monkeypatch.chdir(tmp_path)  # the stages' checkpoints go under the working directory
+    inputs = ["--params", str(repo / "params.yaml"), "--generator", str(repo / "models/generator"),
+              "--clients", str(repo / "data/clients"), "--client", "1"]
+    runner = CliRunner()
+    result = runner.invoke(load_stage("finetune_lora"), inputs + ["--out", str(tmp_path / "lora")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(load_stage("generate"), inputs + [
+        "--lora", str(tmp_path / "lora"), "--out", str(tmp_path / "synthetic"),
+        "--vanilla-out", str(tmp_path / "vanilla"), "--grids", str(tmp_path / "grids")])
+    assert result.exit_code == 0, result.output
     adapter = "client_1/pytorch_lora_weights.safetensors"
     assert sha(tmp_path / "lora" / adapter) == sha(repo / "models/lora" / adapter)
     for folder in ("synthetic", "vanilla"):
