@@ -227,6 +227,21 @@ def test_report_command_notes_skipped_runs_and_prints_the_tables(tmp_path):
     assert "note: skipped boom: killed" in proc.stderr and "| ReGL | 70.0 (1) |" in proc.stdout
 
 
+@pytest.mark.parametrize("missing", ["--json", "--markdown"])
+def test_a_file_the_report_cannot_read_ends_in_one_line_naming_it(tmp_path, missing):
+    doc, grids_file, params_file = tmp_path / "exp.json", tmp_path / "grids.yaml", tmp_path / "params.yaml"
+    doc.write_text(json.dumps(exp_show(*regl_seeds([0.7]))))
+    grids_file.write_text(yaml.safe_dump(GRIDS))
+    params_file.write_text(yaml.safe_dump(BASE))
+    files = {"--json": doc, "--markdown": tmp_path / "results.md"}
+    files[missing] = tmp_path / "absent"
+    proc = subprocess.run([sys.executable, "-m", "regl.cli", "report", "--grids", str(grids_file), "--params",
+                           str(params_file), *[str(a) for kv in files.items() for a in kv]],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {missing} {tmp_path / 'absent'}: "
+                                                                          "no such file"], proc.stderr[-2000:]
+
+
 def test_a_grids_key_params_yaml_lacks_is_refused():
     bad = json.loads(json.dumps(GRIDS))
     bad["grids"]["abl"]["columns"]["lr"]["set"] = {"train.lrr": 0.01}

@@ -32,8 +32,16 @@ def report(
     figures: Optional[Path] = typer.Option(None, "--figures", help="write the grids file's figures (PNG) here"),
 ) -> None:
     """The grids file's tables (Markdown, each cell mean ± std (n) over its runs' seeds, in %) and figures."""
+    for option, path in (("--json", exp_json), ("--markdown", markdown)):
+        if path is not None and not path.is_file():
+            typer.echo(f"error: {option} {path}: no such file", err=True)
+            raise typer.Exit(2)
     if exp_json is not None:
-        data = json.loads(exp_json.read_text())
+        try:
+            data = json.loads(exp_json.read_text())
+        except ValueError as exc:
+            typer.echo(f"error: --json {exp_json}: not JSON ({exc})", err=True)
+            raise typer.Exit(2)
     else:
         cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["-A"] if all_commits else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)

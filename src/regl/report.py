@@ -289,18 +289,8 @@ class Grids:
     def resolved_cells(self, runs: list[Run]) -> list[Cell]:
         """The cells the runs decide: every tuned cell's choice at the grid's seeds, and every following grid's
         cell at the setting its tuned cell chose (those whose search has finished)."""
-        chosen = self.chosen_cells(runs)
-        out = list(chosen)
-        for ref, (template, source) in self.following.items():
-            if source not in self.tuned:
-                raise ValueError(f"grid {template.grid}: follows {source!r}, which is no tuned cell")
-            best = self.choice(source, runs)
-            if best is not None:
-                overrides = {**best.overrides, **template.overrides}
-                out.append(Cell(template.grid, template.row, f"{template.column}_{tag(best.setting)}",
-                                template.label, template.title, overrides, template.seeds, template.stages,
-                                best.setting))
-        return out
+        cells = [self._resolved(ref, runs) for ref in [*self.tuned, *self.following]]
+        return [c for c in cells if c is not None]
 
     def cell(self, ref: str, runs: list[Run]) -> Cell | None:
         """The cell at ``grid/row/column``: a fixed one, or the one the runs decide (None while undecided)."""
@@ -308,22 +298,30 @@ class Grids:
             return self.cells[ref]
         if ref not in self.tuned and ref not in self.following:
             raise ValueError(f"{ref!r}: no such grid/row/column")
-        return next((c for c in self.resolved_cells(runs) if f"{c.grid}/{c.row}/{c.column.split('_')[0]}" == ref),
-                    None)
+        return self._resolved(ref, runs)
 
-    def chosen_cells(self, runs: list[Run]) -> list[Cell]:
-        """Every tuned cell's choice, with the grid's seeds: the runs that report it on the test split."""
-        out = []
-        for ref, cands in self.tuned.items():
+    def _resolved(self, ref: str, runs: list[Run]) -> Cell | None:
+        """A tuned cell at its choice with the grid's seeds (the runs that report it on the test split), or a
+        following cell at the setting its tuned cell chose; None while that search has not finished."""
+        if ref in self.tuned:
             best = self.choice(ref, runs)
-            if best is not None:
-                spec = self.grids[best.grid]
-                column = ref.split("/")[2]
-                seeds = (spec.get("cell_seeds") or {}).get(f"{best.row}/{column}",
-                                                            spec["columns"][column].get("seeds", spec.get("seeds", [])))
-                out.append(Cell(best.grid, best.row, best.column, best.label, best.title, best.overrides,
-                                tuple(seeds), best.stages, best.setting))
-        return out
+            if best is None:
+                return None
+            spec = self.grids[best.grid]
+            column = ref.split("/")[2]
+            seeds = (spec.get("cell_seeds") or {}).get(f"{best.row}/{column}",
+                                                        spec["columns"][column].get("seeds", spec.get("seeds", [])))
+            return Cell(best.grid, best.row, best.column, best.label, best.title, best.overrides, tuple(seeds),
+                        best.stages, best.setting)
+        template, source = self.following[ref]
+        if source not in self.tuned:
+            raise ValueError(f"grid {template.grid}: follows {source!r}, which is no tuned cell")
+        best = self.choice(source, runs)
+        if best is None:
+            return None
+        return Cell(template.grid, template.row, f"{template.column}_{tag(best.setting)}", template.label,
+                    template.title, {**best.overrides, **template.overrides}, template.seeds, template.stages,
+                    best.setting)
 
     def grid_cells(self, grid: str) -> list[Cell]:
         return [c for c in self.cells.values() if c.grid == grid]
@@ -346,17 +344,17 @@ class Grids:
         return {**{k: cell.overrides.get(k, self.defaults[k]) for k in self.keys},
                 **{k: v for k, v in cell.overrides.items() if k in RUN_KEYS}}
 
-    def matches(self, run: Run, cell: Cell) -> bool:
-        """A key a run's params lack (an older params.yaml) counts as its value under ``added_keys`` (what the
+    def matches(self, run: Run, identity: dict[str, Any]) -> bool:
+        """Whether ``run`` is of the cell whose ``identity`` is given. A key a run's params lack (an older params.yaml) counts as its value under ``added_keys`` (what the
         run did before the key existed), else as params.yaml's."""
-        return all(_same(run.params.get(k, self.added_keys.get(k, self.defaults[k])), v)
-                   for k, v in self.identity(cell).items())
+        return all(_same(run.params.get(k, self.added_keys.get(k, self.defaults[k])), v) for k, v in identity.items())
 
     def runs_of(self, cell: Cell, runs: list[Run]) -> list[Run]:
         """The cell's runs, the newest of each seed, by seed."""
+        identity = self.identity(cell)
         by_seed: dict[Any, Run] = {}
         for r in sorted(runs, key=lambda r: r.timestamp):
-            if self.matches(r, cell):
+            if self.matches(r, identity):
                 by_seed[r.seed] = r
         return [by_seed[s] for s in sorted(by_seed, key=str)]
 
