@@ -92,11 +92,28 @@ def export(path: Path) -> None:
     revs = [arg for rev in sorted(experiments_by_baseline()) for arg in ("--rev", rev)]
     data = json.loads(subprocess.run(["dvc", "exp", "show", "--json", *revs], capture_output=True, text=True,
                                      check=True).stdout)
+    data = with_curves(data)
     if path.exists():
         data = merge_exports(json.loads(path.read_text()), data)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data) + "\n")
     os.replace(tmp, path)
+
+
+def with_curves(data: list[dict]) -> list[dict]:
+    """`dvc exp show --json` leaves lists out of a run's metrics, and with them train.json's per-round curve
+    (``by_round``), which the report's curve figures draw: each run's curve is read back from its own commit."""
+    for entry in data:
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                for name, record in ((rev.get("data") or {}).get("metrics") or {}).items():
+                    train = record.get("data") if isinstance(record, dict) else None
+                    if not name.endswith("train.json") or train is None or "by_round" in train:
+                        continue
+                    shown = subprocess.run(["git", "show", f"{rev['rev']}:{name}"], capture_output=True, text=True)
+                    if shown.returncode == 0 and (curve := json.loads(shown.stdout).get("by_round")):
+                        train["by_round"] = curve
+    return data
 
 
 def merge_exports(old: list[dict], new: list[dict]) -> list[dict]:

@@ -155,6 +155,8 @@ def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_ca
             return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(shown))
         if cmd[:3] == ["dvc", "exp", "ls"]:
             return subprocess.CompletedProcess(cmd, 0, stdout="e2fcedf:\n\tabc [fedavg-m5-s0]\n")
+        if cmd[:2] == ["git", "show"]:  # a run's commit this clone does not have
+            return subprocess.CompletedProcess(cmd, 128, stdout="")
         return exp_run(cmd, *args, **kwargs)
 
     monkeypatch.setattr(sweep.subprocess, "run", run)
@@ -165,6 +167,37 @@ def test_an_export_from_a_fresh_clone_adds_to_the_committed_one(tmp_path, dvc_ca
     assert [c["rev"] for c in merged] == ["workspace", "e2fcedf", "67b5637"]
     # the committed runs were not run again
     assert sorted(calls) == ["table2-fedavg-m5-s1", "table2-regl-m5-s1"]
+
+
+def test_the_export_carries_each_runs_curve_that_dvc_exp_show_leaves_out(tmp_path, monkeypatch):
+    # `dvc exp show --json` drops train.json's by_round (a list): the export reads it from the run's commit
+    monkeypatch.chdir(tmp_path)
+    for cmd in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *cmd], check=True)
+    curve = {"accuracy": [0.5, 0.7, 0.8], "val_accuracy": [0.4, 0.6, 0.7]}
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/train.json").write_text(json.dumps({"accuracy": 0.8, "by_round": curve}))
+    subprocess.run(["git", "add", "-A"], check=True)
+    subprocess.run(["git", "commit", "-qm", "run"], check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    shown = [_export("workspace"), _export("base", "table2-fedavg-m5-s0", metric=0.8)]
+    shown[1]["experiments"][0]["revs"][0]["rev"] = commit
+
+    def run(cmd, *args, **kwargs):
+        if cmd[:3] == ["dvc", "exp", "show"]:
+            return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(shown))
+        if cmd[:3] == ["dvc", "exp", "ls"]:
+            return subprocess.CompletedProcess(cmd, 0, stdout="base:\n\tabc [table2-fedavg-m5-s0]\n")
+        return git(cmd, *args, **kwargs)
+
+    git = subprocess.run
+
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    sweep.export(tmp_path / "grid.json")
+    from regl.report import read_runs
+
+    found, _ = read_runs(json.loads((tmp_path / "grid.json").read_text()))
+    assert [r.curve for r in found] == [(0.5, 0.7, 0.8)]
 
 
 def test_a_committed_run_made_under_an_older_generator_is_run_again_and_a_baseline_is_not(tmp_path, capsys):
