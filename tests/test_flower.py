@@ -83,34 +83,32 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 # previous model), and an algorithm's extras (SCAFFOLD's tensors, FedNova's numbers). FedProx's term and the server
 # optimizers (FedAdam, FedYogi, FedAdagrad, FedAvgM) move nothing else and run the same code in either engine.
 # FedAvg's weights travel in every one of these, and test_simulated_nodes_adapt_and_generate_with_the_pipelines_bytes
-# compares FedAvg itself on the two engines.
-FLOWER_ALGORITHMS = ["scaffold", "fednova", "moon"]
-assert set(FLOWER_ALGORITHMS) <= set(ALGORITHMS)
+# compares FedAvg itself on the two engines. FedNova's runs train half the clients a round (train.client_fraction):
+# both engines must pick the same client each round (the weights say which).
+FLOWER_CASES = [("scaffold", 1.0), ("moon", 1.0), ("fednova", 0.5)]
+assert {a for a, _ in FLOWER_CASES} <= set(ALGORITHMS)
 
 
-@pytest.mark.parametrize("algorithm", FLOWER_ALGORITHMS)
-def test_flower_simulation_equals_local_engine(flower_repo, algorithm):
-    local, local_metrics = train(flower_repo, "local", algorithm, f"local-{algorithm}")
-    flower, flower_metrics = train(flower_repo, "flower", algorithm, f"flower-{algorithm}")
+@pytest.fixture(scope="module")
+def fedavg_reference(flower_repo) -> list[torch.Tensor]:
+    return train(flower_repo, "local", "fedavg", "local-fedavg-ref")[0]
+
+
+@pytest.mark.parametrize("algorithm, fraction", FLOWER_CASES)
+def test_flower_simulation_equals_local_engine(flower_repo, fedavg_reference, algorithm, fraction):
+    set_params(flower_repo, **{"train.client_fraction": fraction})
+    try:
+        local, local_metrics = train(flower_repo, "local", algorithm, f"local-{algorithm}")
+        flower, flower_metrics = train(flower_repo, "flower", algorithm, f"flower-{algorithm}")
+    finally:
+        set_params(flower_repo, **{"train.client_fraction": 1.0})
     assert_same(local, flower)
     assert flower_metrics.keys() == local_metrics.keys()
     assert flower_metrics["real_images"] == local_metrics["real_images"] > 0
     assert abs(flower_metrics["accuracy"] - local_metrics["accuracy"]) <= 0.01
     if algorithm in ("scaffold", "moon"):  # round 2 used the clients' c_i / previous model, kept in Context.state
-        fedavg, _ = train(flower_repo, "local", "fedavg", "local-fedavg-ref")
+        fedavg = fedavg_reference
         assert len(fedavg) != len(flower) or any(not torch.equal(x, y) for x, y in zip(fedavg, flower))
-
-
-def test_flower_selection_matches_local(flower_repo):
-    """Half the clients per round: both engines pick the same client each round (the curve records how many,
-    the weights which)."""
-    set_params(flower_repo, **{"train.client_fraction": 0.5})
-    try:
-        local, _ = train(flower_repo, "local", "fedavg", "local-half")
-        flower, _ = train(flower_repo, "flower", "fedavg", "flower-half")
-    finally:
-        set_params(flower_repo, **{"train.client_fraction": 1.0})
-    assert_same(local, flower)
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import dvc, run, set_params, stage
+from conftest import dvc, make_pipeline, run, set_params, stage, stage_here
 
 OUTPUT_DIRS = ["data/prepared", "data/clients", "data/local_test"]
 OUTPUT_FILES = ["metrics/partition.json", "plots/label_distribution.png"]
@@ -75,12 +75,24 @@ BAD_PARAMS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory, fake_fmnist) -> Path:
+    """prepare and partition run once for the bad-params tests: a refused run writes nothing."""
+    repo = make_pipeline(tmp_path_factory.mktemp("refused") / "repo", fake_fmnist)
+    run_stages(repo)
+    return repo
+
+
 @pytest.mark.parametrize("changes,message", BAD_PARAMS)
-def test_bad_partition_params_leave_earlier_outputs_untouched(pipeline, changes, message):
-    run_stages(pipeline)
+def test_bad_partition_params_leave_earlier_outputs_untouched(partitioned, changes, message):
+    pipeline = partitioned
+    params = (pipeline / "params.yaml").read_text()
     before = digest(pipeline)
     set_params(pipeline, **changes)
-    proc = stage("partition", pipeline, check=False)
+    try:
+        proc = stage_here("partition", pipeline)
+    finally:
+        (pipeline / "params.yaml").write_text(params)
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and message in error_lines[0], proc.stderr
