@@ -141,6 +141,14 @@ def make_pipeline(repo: Path, fake_fmnist: Path, **params) -> Path:
     return repo
 
 
+def make_split(repo: Path, fake_fmnist: Path, **params) -> Path:
+    """make_pipeline's repository with prepare and partition run: the clients' shards, the test and public pools."""
+    make_pipeline(repo, fake_fmnist, **params)
+    stage("prepare", repo)
+    stage("partition", repo)
+    return repo
+
+
 @pytest.fixture
 def pipeline(tmp_path, fake_fmnist) -> Path:
     """A scratch git + DVC repository holding this pipeline, set to tiny data."""

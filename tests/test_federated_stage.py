@@ -87,12 +87,9 @@ BAD = [
 @pytest.fixture(scope="module")
 def split_once(tmp_path_factory, fake_fmnist):
     """prepare and partition run once for the bad-input tests: a refused run writes nothing."""
-    from conftest import make_pipeline
+    from conftest import make_split
 
-    repo = make_pipeline(tmp_path_factory.mktemp("refused") / "repo", fake_fmnist, **TINY)
-    stage("prepare", repo)
-    stage("partition", repo)
-    return repo
+    return make_split(tmp_path_factory.mktemp("refused") / "repo", fake_fmnist, **TINY)
 
 
 @pytest.mark.parametrize("changes,message", BAD)

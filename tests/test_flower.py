@@ -45,12 +45,9 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def flower_repo(tmp_path_factory, fake_fmnist):
-    from conftest import make_pipeline
+    from conftest import make_split
 
-    repo = make_pipeline(tmp_path_factory.mktemp("flower") / "repo", fake_fmnist, **TWO_CLIENTS)
-    stage("prepare", repo)
-    stage("partition", repo)
-    return repo
+    return make_split(tmp_path_factory.mktemp("flower") / "repo", fake_fmnist, **TWO_CLIENTS)
 
 
 def weights(path: Path) -> list[torch.Tensor]:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import dvc, make_pipeline, run, set_params, stage, stage_here
+from conftest import dvc, make_split, run, set_params, stage, stage_here
 
 OUTPUT_DIRS = ["data/prepared", "data/clients", "data/local_test"]
 OUTPUT_FILES = ["metrics/partition.json", "plots/label_distribution.png"]
@@ -78,9 +78,7 @@ BAD_PARAMS = [
 @pytest.fixture(scope="module")
 def partitioned(tmp_path_factory, fake_fmnist) -> Path:
     """prepare and partition run once for the bad-params tests: a refused run writes nothing."""
-    repo = make_pipeline(tmp_path_factory.mktemp("refused") / "repo", fake_fmnist)
-    run_stages(repo)
-    return repo
+    return make_split(tmp_path_factory.mktemp("refused") / "repo", fake_fmnist)
 
 
 @pytest.mark.parametrize("changes,message", BAD_PARAMS)
