@@ -345,8 +345,9 @@ class Grids:
                 **{k: v for k, v in cell.overrides.items() if k in RUN_KEYS}}
 
     def matches(self, run: Run, identity: dict[str, Any]) -> bool:
-        """Whether ``run`` is of the cell whose ``identity`` is given. A key a run's params lack (an older params.yaml) counts as its value under ``added_keys`` (what the
-        run did before the key existed), else as params.yaml's."""
+        """Whether ``run`` is of the cell whose ``identity`` is given. A key a run's params lack (an older
+        params.yaml) counts as its value under ``added_keys`` (what the run did before the key existed), else as
+        params.yaml's."""
         return all(_same(run.params.get(k, self.added_keys.get(k, self.defaults[k])), v) for k, v in identity.items())
 
     def runs_of(self, cell: Cell, runs: list[Run]) -> list[Run]:
