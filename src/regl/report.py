@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from regl.differences import difference
+
 SEED_KEYS = ("train.seed", "personalize.seed")
 # How a run was made, not what it is: the thread count changes last bits only, and the Dirichlet split's draw
 # budget decides whether a split is found, never which (the draws are one sequence). A sweep sets these where a
@@ -208,6 +210,8 @@ class Grids:
         self.methods: dict[str, Any] = doc.get("methods") or {}
         self.grids: dict[str, Any] = doc.get("grids") or {}
         self.figures: dict[str, Any] = doc.get("figures") or {}
+        # name -> {title, rows: {label: {a: ref, b: ref or [refs]}}}: a − b with its standard error
+        self.differences: dict[str, Any] = doc.get("differences") or {}
         self.searches: dict[str, dict[str, list]] = doc.get("searches") or {}
         # params.yaml keys added after some runs were made, each with the value that does what those runs did
         self.added_keys: dict[str, Any] = doc.get("added_keys") or {}
@@ -477,6 +481,52 @@ def generator_table(grids: Grids, grid: str, runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+# --- differences: a − b with its standard error (regl.differences) ---------------------------------------------
+
+def validation_score(runs: list[Run]) -> float | None:
+    """Mean validation accuracy (last five rounds) of the runs that have one; None if none has."""
+    v = [r.validation for r in runs if r.validation is not None and not r.diverged]
+    return statistics.fmean(v) if v else None
+
+
+def best_on_validation(grids: Grids, refs: list[str], runs: list[Run]) -> Cell | None:
+    """Of the cells ``refs`` (a tuned column's baselines), the one with the best validation score; None while any is
+    undecided or unscored. The test split never picks the cell a difference is taken against."""
+    scored = []
+    for ref in refs:
+        cell = grids.cell(ref, runs)
+        score = validation_score(grids.runs_of(cell, runs)) if cell else None
+        if score is None:
+            return None
+        scored.append((score, cell))
+    return max(scored, key=lambda sc: sc[0])[1]  # the first of equals: the file's order
+
+
+def by_seed(runs: list[Run], metric: str) -> dict[Any, float]:
+    return {r.seed: r.metrics[metric] for r in runs if r.metrics.get(metric) is not None and not r.diverged}
+
+
+def difference_table(grids: Grids, name: str, runs: list[Run]) -> str:
+    """Markdown: each comparison of ``differences.<name>``, a − b on the last round and on the mean of the last
+    five rounds."""
+    spec = grids.differences[name]
+    shown = ("final", "last5")
+    lines = ["| comparison | " + " | ".join(f"{METRICS[m][3]}: a − b (points)" for m in shown) + " |",
+             "|---|" + "---|" * len(shown)]
+    for label, pair in spec["rows"].items():
+        a = grids.cell(pair["a"], runs)
+        b_refs = pair["b"] if isinstance(pair["b"], list) else [pair["b"]]
+        b = best_on_validation(grids, b_refs, runs) if len(b_refs) > 1 else grids.cell(b_refs[0], runs)
+        if a is None or b is None:
+            lines.append(f"| {label} | " + " | ".join("–" for _ in shown) + " |")
+            continue
+        title = f"{label}: {a.label} − {b.label}" + (" (the best on validation)" if len(b_refs) > 1 else "")
+        a_runs, b_runs = grids.runs_of(a, runs), grids.runs_of(b, runs)
+        cells = [difference(by_seed(a_runs, m), by_seed(b_runs, m)) for m in shown]
+        lines.append(f"| {title} | " + " | ".join(d.text() if d else "–" for d in cells) + " |")
+    return "\n".join(lines)
+
+
 def _image_figures(g: dict[str, Any]) -> tuple[str, str, str]:
     """Classifiability, "k of n" adapted closer, "vanilla → adapted" Fréchet distance, as the table shows them."""
     try:
@@ -510,6 +560,8 @@ def render(grids: Grids, runs: list[Run]) -> str:
             if "tune" not in spec and "follows" not in spec and any(map(grids.reads_images, grids.grid_cells(g)))]
     out += [f"{g}: the search (validation split)\n\n{search_table(grids, g, runs)}" for g, spec in grids.grids.items()
             if "tune" in spec]
+    out += [f"{name}: {spec.get('title', '')}\n\n{difference_table(grids, name, runs)}"
+            for name, spec in grids.differences.items()]
     return "\n\n".join(out)
 
 
@@ -518,9 +570,14 @@ MARKER = re.compile(r"(<!-- regl report: (\S+)(?: (\S+))? -->\n)(.*?)(<!-- end -
 
 def fill(text: str, grids: Grids, runs: list[Run]) -> str:
     """``text`` with the table under every ``<!-- regl report: GRID [METRIC] -->`` marker made anew (up to its
-    ``<!-- end -->``); METRIC ``search`` is a tuned grid's search, ``generator`` a grid's synthetic images."""
+    ``<!-- end -->``); METRIC ``search`` is a tuned grid's search, ``generator`` a grid's synthetic images;
+    ``<!-- regl report: NAME difference -->`` is the table of ``differences.NAME``."""
     def one(m: re.Match) -> str:
         grid, metric = m.group(2), m.group(3)
+        if metric == "difference":
+            if grid not in grids.differences:
+                raise ValueError(f"marker {m.group(1).strip()}: no differences {grid!r} in the grids file")
+            return f"{m.group(1)}{difference_table(grids, grid, runs)}\n{m.group(5)}"
         search = metric == "search" and grid in grids.grids and "tune" in grids.grids[grid]
         images = metric == "generator" and grid in grids.grids
         if grid not in grids.grids or (metric is not None and metric not in METRICS and not search and not images):
