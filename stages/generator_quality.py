@@ -44,7 +44,7 @@ def main(
             q, hits = client_quality(model, *shards, device, p)
             per_client[client_name(c)] = q
             per_class.append(hits)
-            log.info("%s: classifiability %.3f, Fréchet vanilla %.1f -> adapted %.1f", client_name(c),
+            log.info("%s: classifiability %.3f, Fréchet vanilla %s -> adapted %s (class by class)", client_name(c),
                      q["classifiability"], q["frechet_vanilla"], q["frechet_adapted"])
         report = quality_report(per_client, per_class, config["class_names"])
         write_json(metrics, report)

@@ -268,11 +268,14 @@ def test_markers_are_filled_with_their_table_and_text_around_them_is_kept():
         fill("<!-- regl report: nope -->\n<!-- end -->", grids(), found)
 
 
-def with_images(experiment: dict, classifiability: float, closer: int, vanilla: float, adapted: float) -> dict:
-    """``experiment`` with a metrics/generator.json as generator_quality writes it (10 clients)."""
+def with_images(experiment: dict, classifiability: float, closer: int, vanilla: float, adapted: float,
+                frechet: str | None = "per class") -> dict:
+    """``experiment`` with a metrics/generator.json as generator_quality writes it (10 clients); ``frechet`` None:
+    as it wrote it before it took the distance class by class."""
     experiment["revs"][0]["data"]["metrics"]["metrics/generator.json"] = {"data": {
         "classifiability": classifiability, "clients_adapted_closer": closer, "clients": 10,
-        "frechet_vanilla_mean": vanilla, "frechet_adapted_mean": adapted, "per_client": {}}}
+        "frechet_vanilla_mean": vanilla, "frechet_adapted_mean": adapted, "per_client": {},
+        **({"frechet": frechet} if frechet else {})}}
     return experiment
 
 
@@ -280,12 +283,12 @@ def test_generator_table_shows_each_cells_images_beside_its_accuracy_and_leaves_
     seeds = regl_seeds([0.70, 0.72, 0.77])
     same = [with_images(r, 0.8655, 6, 43.101, 40.312) for r in seeds[:2]]
     other_machine = with_images(seeds[2], 0.8702, 6, 43.1, 40.3)  # the same cell's images, other last bits
-    lr = with_images(rev("lr", params(**{"train.lr": 0.01}), 0.6, 0.61, 0.9), 0.9, 9, 40.0, 30.06)
+    lr = with_images(rev("lr", params(**{"train.lr": 0.01}), 0.6, 0.61, 0.9), 0.9, 9, 40.0, 30.06, frechet=None)
     fedavg = rev("f", params(**FEDAVG), 0.5, 0.5, 0.9)
     found = runs_of(*same, other_machine, lr, fedavg)
     assert generator_table(grids(), "abl", found).splitlines()[2:] == [
         "| as committed | 0.866 / 0.870 | 6 of 10 | 43.1 → 40.3 | 72.0 ± 3.6 (3) |",
-        "| lr 0.01 | 0.900 | 9 of 10 | 40.0 → 30.1 | 61.0 (1) |"]
+        "| lr 0.01 | 0.900 | 9 of 10 (pooled) | 40.0 → 30.1 (pooled) | 61.0 (1) |"]  # a run made before per class
     # a grid of several rows names the method; FedAvg reads no synthetic image: no line
     assert generator_table(grids(), "t1", found).splitlines()[2:] == [
         "| ReGL, β = 0.01 | 0.866 / 0.870 | 6 of 10 | 43.1 → 40.3 | 72.0 ± 3.6 (3) |",
