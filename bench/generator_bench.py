@@ -135,15 +135,22 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
         rows[client_name(c)] = {k: q[k] for k in ("classifiability", "classifiability_own_classes",
                                                   "classifiability_own_classes_vanilla", "frechet_vanilla",
                                                   "frechet_adapted")}
+    measured = [r for r in rows.values() if r["frechet_vanilla"] is not None]  # a class of ≥ 10 real images
     return {"finetune_s_per_client": round(float(np.mean(times)), 1),
             "classifiability": round(float(np.mean([r["classifiability"] for r in rows.values()])), 3),
             "own_classes": round(float(np.mean([r["classifiability_own_classes"] for r in rows.values()])), 3),
             "own_classes_vanilla": round(float(np.mean([r["classifiability_own_classes_vanilla"]
                                                        for r in rows.values()])), 3),
-            "adapted_closer": sum(r["frechet_adapted"] < r["frechet_vanilla"] for r in rows.values()),
-            "frechet_vanilla_mean": round(float(np.mean([r["frechet_vanilla"] for r in rows.values()])), 1),
-            "frechet_adapted_mean": round(float(np.mean([r["frechet_adapted"] for r in rows.values()])), 1),
+            "frechet": "per class",  # generator_quality's class-by-class distance (before it: pooled)
+            "adapted_closer": sum(r["frechet_adapted"] < r["frechet_vanilla"] for r in measured),
+            "clients_measured": len(measured),
+            "frechet_vanilla_mean": _mean([r["frechet_vanilla"] for r in measured]),
+            "frechet_adapted_mean": _mean([r["frechet_adapted"] for r in measured]),
             "per_client": rows}
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 1) if values else None
 
 
 def base_quality(generator: Path, sample: GenerateParams, per_class_n: int, model, reference, scratch: Path) -> dict:

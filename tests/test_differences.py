@@ -26,12 +26,12 @@ def test_runs_at_the_same_seeds_are_paired_and_the_error_is_scipys_paired_t():
     assert d.mean / d.se == pytest.approx(stats.ttest_rel(A, B).statistic)
 
 
-def test_runs_at_different_seeds_take_welchs_unpaired_error():
-    a = runs_of(*seeds_of(A, "a"))
-    b = [r for r in runs_of(*seeds_of(B + [0.70, 0.71, 0.69], "b", **FEDAVG)) if r.seed >= 4]
+def test_runs_sharing_fewer_than_two_seeds_take_welchs_unpaired_error():
+    a = runs_of(*seeds_of(A, "a"))  # seeds 0-3
+    b = [r for r in runs_of(*seeds_of(B + [0.70, 0.71], "b", **FEDAVG)) if r.seed >= 3]  # seeds 3-5: one shared
     d = difference(by_seed(a, "final"), by_seed(b, "final"))
     assert not d.paired and d.n == 3
-    assert d.mean / d.se == pytest.approx(stats.ttest_ind(A, [0.70, 0.71, 0.69], equal_var=False).statistic)
+    assert d.mean / d.se == pytest.approx(stats.ttest_ind(A, [B[3], 0.70, 0.71], equal_var=False).statistic)
     assert difference(by_seed(a, "final"), by_seed(b[:1], "final")).se is None  # one run a side: no error to estimate
 
 

@@ -10,7 +10,8 @@ import torch
 from regl.data.images import encode_many
 from regl.data.imageset import open_images
 from regl.data.shards import Shard, write_shard
-from regl.generator.quality import MIN_CLASS_IMAGES, class_frechet, client_quality, frechet_distance
+from regl.generator.quality import (MIN_CLASS_IMAGES, class_frechet, client_quality, frechet_distance,
+                                   quality_report)
 
 CLASSES = [f"class {k}" for k in range(10)]
 
@@ -64,3 +65,12 @@ def test_class_frechet_weights_each_class_by_its_real_images_and_leaves_out_the_
     assert class_frechet(real, real_labels, fake, fake_labels) == pytest.approx((60 * by_class[0] + 30 * by_class[1])
                                                                                / 90)
     assert class_frechet(real[-5:], real_labels[-5:], fake, fake_labels) is None  # no class has enough images
+
+
+def test_a_client_without_a_class_of_enough_images_counts_but_is_not_measured():
+    def entry(closer):
+        return {"synthetic_images": 10, "correct": 9, "adapted_closer": closer,
+                "frechet_vanilla": None if closer is None else 2.0, "frechet_adapted": None if closer is None else 1.0}
+    report = quality_report({"client_0": entry(True), "client_1": entry(None)}, [np.ones(10)] * 2, CLASSES)
+    assert (report["clients"], report["clients_measured"], report["clients_adapted_closer"]) == (2, 1, 1)
+    assert (report["frechet_vanilla_mean"], report["frechet_adapted_mean"]) == (2.0, 1.0)

@@ -50,8 +50,8 @@ METRICS = {  # column -> (metrics file, key, title, short title), fractions, sho
                      "personalized"),
 }
 # What metrics/generator.json says of a run's synthetic images (generator_quality; docs/generator.md, "Quality")
-GENERATOR_FIGURES = ("classifiability", "frechet", "clients_adapted_closer", "clients", "frechet_vanilla_mean",
-                     "frechet_adapted_mean")
+GENERATOR_FIGURES = ("classifiability", "frechet", "clients_adapted_closer", "clients", "clients_measured",
+                     "frechet_vanilla_mean", "frechet_adapted_mean")
 
 
 @dataclass(frozen=True)
@@ -528,15 +528,17 @@ def difference_table(grids: Grids, name: str, runs: list[Run]) -> str:
 
 
 def _image_figures(g: dict[str, Any]) -> tuple[str, str, str]:
-    """Classifiability, "k of n" adapted closer, "vanilla → adapted" Fréchet distance, as the table shows them."""
+    """Classifiability, "k of n" adapted closer, "vanilla → adapted" Fréchet distance, as the table shows them ("–"
+    for a figure the run did not record)."""
     # Before generator_quality took the distance class by class it pooled a client's classes, and the mismatch of a
     # skewed real mixture with balanced synthetic images could decide which set was closer (docs/generator.md)
     how = "" if g.get("frechet") == "per class" else " (pooled)"
-    try:
-        return (f"{g['classifiability']:.3f}", f"{g['clients_adapted_closer']} of {g['clients']}{how}",
-                f"{g['frechet_vanilla_mean']:.1f} → {g['frechet_adapted_mean']:.1f}{how}")
-    except (KeyError, TypeError, ValueError):  # a run recorded before generator_quality wrote every figure
-        return ("–", "–", "–")
+    measured = g.get("clients_measured", g.get("clients"))
+    classifiability, closer = _number(g.get("classifiability")), _number(g.get("clients_adapted_closer"))
+    vanilla, adapted = _number(g.get("frechet_vanilla_mean")), _number(g.get("frechet_adapted_mean"))
+    return (f"{classifiability:.3f}" if classifiability is not None else "–",
+            f"{closer:.0f} of {measured}{how}" if closer is not None and measured else "–",
+            f"{vanilla:.1f} → {adapted:.1f}{how}" if vanilla is not None and adapted is not None else "–")
 
 
 def _shown(grids: Grids, cell: Cell | None, runs: list[Run], metric: str) -> str:

@@ -34,12 +34,15 @@ MIN_CLASS_IMAGES = 10
 
 def class_frechet(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray) -> float | None:
     """The Fréchet distance between real and synthetic features of the same class, averaged over the classes with
-    at least MIN_CLASS_IMAGES real images, weighted by their real counts; None if no class has that many.
+    at least MIN_CLASS_IMAGES real images (and two synthetic ones), weighted by their real counts; None if no class
+    has that many. A class's distance is biased by how few images estimate its covariance, so it compares two
+    synthetic sets against the same real one (vanilla against adapted), not one client's figure with another's.
 
     Class by class, because the two sets' class proportions differ by design: a client's real images follow its
     skewed share (1,116 Trousers and 1 Bag), the synthetic ones are balanced (40 of each). Pooled, that mismatch
     of the mixtures dominates the distance and hides what the adapter changes in each class."""
-    classes = [k for k in np.unique(real_labels) if (real_labels == k).sum() >= MIN_CLASS_IMAGES]
+    classes = [k for k in np.unique(real_labels)
+               if (real_labels == k).sum() >= MIN_CLASS_IMAGES and (fake_labels == k).sum() >= 2]
     if not classes:
         return None
     weights = [(real_labels == k).sum() for k in classes]
@@ -88,7 +91,8 @@ def quality_report(per_client: dict[str, dict], per_class: list[np.ndarray], cla
         "classifiability": round(correct / total, 4),
         "frechet": "per class",  # how the distances were taken (runs before it pooled the client's classes)
         "clients_adapted_closer": sum(q["adapted_closer"] for q in measured),
-        "clients": len(measured),  # the clients holding a class of MIN_CLASS_IMAGES real images or more
+        "clients": len(per_client),
+        "clients_measured": len(measured),  # those holding a class of MIN_CLASS_IMAGES real images or more
         "frechet_vanilla_mean": _mean([q["frechet_vanilla"] for q in measured]),
         "frechet_adapted_mean": _mean([q["frechet_adapted"] for q in measured]),
         "classifiability_per_class": {n: round(float(a), 4) for n, a in zip(class_names, np.mean(per_class, axis=0))},
