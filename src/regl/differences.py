@@ -3,8 +3,8 @@ grids file's ``differences``).
 
 Two runs at the same seed share the model's initialization and the clients' sampling (``train.seed``; the batch
 order too where their local sets are the same size), so where both sides have runs at two or more common seeds the
-difference is taken seed by seed: mean of d = a − b, standard error sd(d) / √n (paired). Otherwise the unpaired (Welch) error √(s_a²/n_a + s_b²/n_b),
-which needs two runs on each side.
+difference is taken seed by seed: mean of d = a − b, standard error sd(d) / √n (paired). Otherwise the unpaired
+(Welch) error √(s_a²/n_a + s_b²/n_b), which needs two runs on each side.
 """
 
 from __future__ import annotations
