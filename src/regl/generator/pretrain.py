@@ -45,7 +45,7 @@ class GeneratorParams(Section):
     empty_caption_share: float = Field(0.1, ge=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     snr_gamma: float | None = Field(5.0, gt=0)
-    attention_heads: int = Field(8, ge=1)
+    attention_heads: int = Field(1, ge=1)
     unet_widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=2, max_length=4,
                                    validate_default=True)
     seed: int = Field(0, ge=0)
@@ -53,7 +53,7 @@ class GeneratorParams(Section):
     @field_validator("unet_widths")
     @classmethod
     def _widths_fit_groups_and_heads(cls, widths: list[int], info: ValidationInfo) -> list[int]:
-        heads = info.data.get("attention_heads", 8)
+        heads = info.data.get("attention_heads", 1)
         unit = 8 * heads // math.gcd(8, heads)  # divisible by GroupNorm's 8 groups and by the heads
         if any(w < 1 or w % unit for w in widths):
             raise ValueError(f"each width must be a positive multiple of {unit} (8 normalization groups, "
