@@ -94,13 +94,13 @@ def test_the_committed_export_holds_every_run_the_grids_ask_for(capsys, monkeypa
 
 
 def test_the_domain_gap_grid_reuses_the_default_styles_runs(capsys, monkeypatch):
-    # its lowcontrast column is the ablations grid's default and lora-scale-0 cells: only the other styles run
+    # its lowcontrast column has params.yaml's style: pretrain-recipe's one-head cells, run under that grid's names
     monkeypatch.setattr(sweep, "existing_names", lambda: set())
     sweep.main(["domain-gap", "--export", str(COMMITTED), "--dry-run"])
     out = capsys.readouterr().out
     done, todo = (int(n) for n in re.match(r"(\d+) run\(s\) done, (\d+) to run", out).groups())
-    # 2 rows x 4 styles x 3 seeds; the 6 lowcontrast runs are done, whatever else has landed since
-    assert done + todo == 24 and done >= 6 and "public_style=lowcontrast" not in out
+    # 2 rows x 4 styles x 3 seeds; ReGL's 3 lowcontrast runs are done, whatever else has landed since
+    assert done + todo == 24 and done >= 3 and "-n domain-gap-regl-lowcontrast-" not in out
 
 
 def test_a_run_is_done_by_its_params_whatever_its_name(tmp_path, dvc_calls):
