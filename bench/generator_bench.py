@@ -129,7 +129,8 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
         start = time.perf_counter()
         finetune(pipe, pixels, shard.labels, names, cfg, GenerateParams(), c)
         times.append(time.perf_counter() - start)
-        adapted = to_data(generate(pipe, prompts, latents, sample, scale), size, ch)
+        pipe.fuse_lora(components=["unet"], lora_scale=scale)  # as stage generate samples (regl.generator.lora.load_lora)
+        adapted = to_data(generate(pipe, prompts, latents, sample), size, ch)
         q, _ = client_quality(model, real, as_images(adapted, labels, names, scratch),
                               as_images(vanilla, labels[own], names, scratch))
         rows[client_name(c)] = {k: q[k] for k in ("classifiability", "classifiability_own_classes",

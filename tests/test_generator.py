@@ -98,6 +98,12 @@ def test_lora_round_trip_and_scale_zero_is_base(rgb_checkpoint, tmp_path):
     assert not np.array_equal(trained, vanilla)  # the adapter does something
     assert vanilla.shape == (10, 16, 16, 3)  # the checkpoint's own side and channels
 
+    merged = load_pipeline(base)  # how stage generate samples: the adapter merged into the weights at its scale
+    load_lora(merged, tmp_path / "lora", 0.8)
+    lora_layers = [m for m in merged.unet.modules() if hasattr(m, "merged")]
+    assert lora_layers and all(m.merged for m in lora_layers)
+    assert np.allclose(generate(merged, prompts, latents, FAST_SAMPLE), trained, atol=1e-4)
+
 
 def test_prior_images_follow_the_generate_sections_sampler(rgb_checkpoint, tmp_path):
     """Prior-preservation images are made with params.yaml's generate.{scheduler,steps,batch_size} (they used code

@@ -83,13 +83,13 @@ def synthesize(pipe, real_file: Path, adapter: Path, g: GenerateParams, client: 
             if chunks.done(kind, index):
                 continue
             if scale is not None and not adapter_loaded:
-                load_lora(pipe, adapter)
+                load_lora(pipe, adapter, scale)
                 adapter_loaded = True
             r = rows[start : start + g.chunk]
             prompts = [texts[c] for c in labels[r]]
             latents = row_latents(pipe, labels[r], within[r], counts, g.seed, "generate", client)
             pixels = np.concatenate([  # one batch at a time to data pixels: memory holds one batch of floats
-                to_data(generate(pipe, prompts[b : b + g.batch_size], latents[b : b + g.batch_size], g, scale),
+                to_data(generate(pipe, prompts[b : b + g.batch_size], latents[b : b + g.batch_size], g),
                         size, channels)
                 for b in range(0, len(r), g.batch_size)])
             chunks.write(kind, index, synthetic_shard(pixels, labels[r], within[r], prompts, names, client, kind,

@@ -1,7 +1,7 @@
-"""How tiny-sd's three trainers (the VAE, the U-Net, the clients' LoRA) lay out their convolutions and step their
-optimizer: channels-last and the fused AdamW, 8–10 % off a step on 2 CPU cores (`python
-bench/train_step_bench.py`, docs/performance.md). The modules leave training in the contiguous layout, the one
-they are saved, loaded and sampled in."""
+"""How tiny-sd lays out its convolutions and steps its optimizer: its three trainers (the VAE, the U-Net, the
+clients' LoRA) train channels-last with the fused AdamW, 8–10 % off a step on 2 CPU cores (`python
+bench/train_step_bench.py`), and the sampler runs channels-last, a fifth off a step (docs/performance.md). The
+modules leave both in the contiguous layout, the one they are saved and loaded in."""
 
 from __future__ import annotations
 

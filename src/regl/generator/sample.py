@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
+from regl.generator.layout import channels_last
 from regl.generator.text import has_class_slot
 from regl.core.params import Section
 from regl.core.seeding import derive_seed
@@ -64,11 +65,12 @@ def generate(pipe, prompts: list[str], latents: torch.Tensor, cfg: GenerateParam
     dev, dtype = pipe.unet.device, pipe.unet.dtype
     out = []
     starts = range(0, len(prompts), cfg.batch_size)
-    for i in tqdm(starts, desc=desc, disable=len(starts) < 2, mininterval=5):
-        batch = pipe(prompt=prompts[i : i + cfg.batch_size], num_inference_steps=cfg.steps,
-                     guidance_scale=cfg.guidance_scale, latents=latents[i : i + cfg.batch_size].to(dev, dtype),
-                     output_type="np", **kwargs)
-        out.append(np.asarray(batch.images, dtype=np.float32))
+    with channels_last(pipe.unet, pipe.vae):  # a fifth off a sampling step on 2 CPU cores (docs/performance.md)
+        for i in tqdm(starts, desc=desc, disable=len(starts) < 2, mininterval=5):
+            batch = pipe(prompt=prompts[i : i + cfg.batch_size], num_inference_steps=cfg.steps,
+                         guidance_scale=cfg.guidance_scale, latents=latents[i : i + cfg.batch_size].to(dev, dtype),
+                         output_type="np", **kwargs)
+            out.append(np.asarray(batch.images, dtype=np.float32))
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.float32)
 
 
