@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from regl.training.compute import ComputeParams, autocast, laid_out
+from regl.training.compute import ComputeParams, autocast, in_layout, laid_out
 from regl.core.errors import ReglError
 from regl.data.imageset import Images, batches, in_order
 from regl.core.params import Device, parse
@@ -35,7 +35,7 @@ def _batches(fn, model: nn.Module, data: Images, device, compute: ComputeParams)
         for xb, _ in batches(data, in_order(len(data), compute.scoring_batch), device, compute.loader_workers,
                              compute.prefetch):
             with autocast(compute, device):
-                out.append(fn(xb.contiguous(memory_format=fmt)).float().cpu())
+                out.append(fn(in_layout(xb, fmt)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

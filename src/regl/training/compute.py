@@ -54,6 +54,11 @@ def memory_format(p: ComputeParams, device: torch.device) -> torch.memory_format
     return torch.channels_last if on else torch.contiguous_format
 
 
+def in_layout(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """A batch in ``fmt`` where the format applies (images: N, C, H, W); any other input (vectors) as it is."""
+    return x.contiguous(memory_format=fmt) if x.dim() == 4 else x
+
+
 @contextmanager
 def laid_out(model: nn.Module, p: ComputeParams, device: torch.device) -> Iterator[torch.memory_format]:
     """The model in the params' memory format inside the block (yields it, for the inputs), contiguous after:

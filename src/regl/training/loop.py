@@ -15,7 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from regl.training.augment import Augment, augment
-from regl.training.compute import ComputeParams, amp_dtype, autocast, laid_out
+from regl.training.compute import ComputeParams, amp_dtype, autocast, in_layout, laid_out
 from regl.data.imageset import Images, batches
 from regl.core.seeding import derive_seed
 
@@ -68,7 +68,7 @@ def train_epochs(model: nn.Module, data: Images, sgd: SGDParams, epochs: int, se
                 order = order[: steps - taken]
             for b, (xb, yb) in enumerate(batches(data, order, device, sgd.loader_workers, sgd.prefetch)):
                 xb = augment(xb, sgd.augment, seed, *keys, "epoch", epoch, "batch", b)
-                xb = xb.contiguous(memory_format=fmt)
+                xb = in_layout(xb, fmt)
                 with autocast(sgd, device):
                     loss = loss_hook(model, xb, yb) if loss_hook else F.cross_entropy(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
