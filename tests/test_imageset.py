@@ -219,13 +219,14 @@ def test_the_scoring_batch_param_sets_the_forward_batch(shards):
     assert torch.allclose(predict(model, data, compute=ComputeParams(scoring_batch=7)), logits, atol=1e-6)
 
 
-def test_bf16_and_both_layouts_run_the_same_loop_on_cpu(shards):
+def test_bf16_and_channels_last_run_the_same_loop_on_cpu(shards):
     real, syn, _, _ = shards
     data = open_images([real, syn])
-    fp32, bf16, plain = (trained_cnn(data, **kw) for kw in ({}, {"precision": "bf16"}, {"channels_last": False}))
-    a, b, c = (flat(m) for m in (fp32, bf16, plain))
+    fp32, bf16, last = (trained_cnn(data, **kw) for kw in ({}, {"precision": "bf16"}, {"channels_last": True}))
+    a, b, c = (flat(m) for m in (fp32, bf16, last))
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)  # autocast ran, and it still trains alike
-    assert torch.allclose(a, c, atol=1e-5)  # channels-last and contiguous: the same maths
-    assert all(p.is_contiguous() for p in fp32.parameters())  # weights leave in the usual layout
+    assert torch.allclose(a, c, atol=1e-5)
+    assert all(p.is_contiguous() for p in last.parameters())  # weights leave in the usual layout
     assert ComputeParams().precision == "auto" and ComputeParams().channels_last == "auto"
-    assert memory_format(ComputeParams(), torch.device("cpu")) == torch.channels_last  # auto's choice on a CPU
+    # auto stays contiguous on a CPU: channels-last made resnet18's BatchNorm diverge on small batches there
+    assert memory_format(ComputeParams(), torch.device("cpu")) == torch.contiguous_format

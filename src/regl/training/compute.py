@@ -2,9 +2,8 @@
 
 ``ComputeParams`` is params.yaml's `compute` section, shared by every stage that trains or scores a classifier
 (reference_classifier, federated_train, personalize, generator_quality, evaluate): it changes speed and memory,
-not the recipe. On CPU the defaults compute in fp32 and channels-last (the contiguous layout's sums in another
-order: a step's result equal within float rounding, a long run's last bits not) and decode in the stage's
-process. Those stages' models (SGDParams, EvaluateParams) extend it, and the loader fills these fields from the
+not the recipe, and on CPU the defaults leave every result what it was (fp32, contiguous, decoding in the
+stage's process). Those stages' models (SGDParams, EvaluateParams) extend it, and the loader fills these fields from the
 `compute` section.
 """
 
@@ -27,8 +26,9 @@ class ComputeParams(Section):
 
     # auto: bf16 on CUDA, fp32 elsewhere | fp32 | bf16 (autocast) | fp16 (autocast and a gradient scaler)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # channels-last tensors for convolutions; auto: on CUDA (faster with mixed precision) and on the CPU (the cnn's
-    # step a fifth faster on 2 cores, its max-pooling most: docs/performance.md); off elsewhere (MPS)
+    # channels-last tensors for convolutions (faster with mixed precision on CUDA); auto: on CUDA only. On 2 CPU
+    # cores it takes a fifth off the cnn's step, but made resnet18's BatchNorm diverge on small batches there
+    # (docs/performance.md), so the CPU takes it only when asked (true)
     channels_last: bool | Literal["auto"] = "auto"
     loader_workers: int = Field(0, ge=0, le=64)  # processes decoding batches; 0 = the stage's own process
     prefetch: int = Field(2, ge=1, le=64)  # batches each worker decodes ahead
@@ -50,7 +50,7 @@ def autocast(p: ComputeParams, device: torch.device):
 
 
 def memory_format(p: ComputeParams, device: torch.device) -> torch.memory_format:
-    on = device.type in ("cuda", "cpu") if p.channels_last == "auto" else p.channels_last
+    on = device.type == "cuda" if p.channels_last == "auto" else p.channels_last
     return torch.channels_last if on else torch.contiguous_format
 
 
