@@ -1,4 +1,4 @@
-"""Seconds of the work whose layout params.yaml's defaults choose on a CPU: generation with a client's adapter
+"""Milliseconds of the work whose layout regl chooses on a CPU: generation with a client's adapter
 (applied at every step, or merged into the U-Net's weights; contiguous or channels-last) and the classifier stages'
 cnn (a training step and a scoring batch; contiguous or channels-last).
 
@@ -6,7 +6,7 @@ Generation: tiny-sd at params.yaml's sizes on random weights with a LoRA of para
 call of the pipeline over `generate.batch_size` images at `generate.steps` DPM-Solver++ steps and classifier-free
 guidance; stage generate samples merged and channels-last (regl.generator.lora.load_lora, regl.generator.sample).
 The cnn: a step of SGD at `train.batch_size`, and a forward pass over `compute.scoring_batch` images, 32 px grey;
-the stages run it channels-last on a CPU (`compute.channels_last: auto`). The variants alternate, so all see the same
+on a CPU the stages run it contiguous unless `compute.channels_last: true`. The variants alternate, so all see the same
 machine; each figure is the median over ``--repeat`` timed calls after a warm-up.
 
     python bench/layout_bench.py [--repeat 7] [--out bench/results/layout.json]
