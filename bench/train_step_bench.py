@@ -12,9 +12,8 @@ alternate, so both see the same machine; the figure is the median over ``--steps
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +23,8 @@ from regl.core.params import DEFAULT_PARAMS, load_experiment, load_section
 from regl.generator import tinysd
 from regl.generator.lora import FinetuneParams, add_lora
 from regl.generator.pretrain import GeneratorParams
+
+from layout_bench import timed  # bench/: the alternated timing both benches use
 
 SIZE, CHANNELS = 32, 1  # the embedded default's images
 
@@ -61,24 +62,15 @@ def denoiser_step(cfg: GeneratorParams, lora: FinetuneParams | None = None):
 
 def time_layouts(build, steps: int, warmup: int = 3) -> dict[str, float]:
     """Median ms a step for each layout, the two timed in alternation on one model each."""
-    runs = {}
+    variants = {}
     for name, channels_last in (("contiguous", False), ("channels_last_fused", True)):
         model, params, step = build()
         if channels_last:
             model.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(params, lr=1e-4, fused=channels_last or None)
         model.train()
-        for _ in range(warmup):
-            step(opt)
-        runs[name] = (step, opt, [])
-    for _ in range(steps):
-        for step, opt, times in runs.values():
-            start = time.perf_counter()
-            step(opt)
-            times.append(time.perf_counter() - start)
-    out = {name: round(1000 * statistics.median(times), 1) for name, (_, _, times) in runs.items()}
-    out["ratio"] = round(out["channels_last_fused"] / out["contiguous"], 3)
-    return out
+        variants[name] = functools.partial(step, opt)
+    return timed(variants, steps, warmup)
 
 
 def main() -> None:
