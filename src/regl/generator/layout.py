@@ -1,6 +1,6 @@
 """How tiny-sd lays out its convolutions and steps its optimizer: its three trainers (the VAE, the U-Net, the
 clients' LoRA) train channels-last with the fused AdamW, 8–10 % off a step on 2 CPU cores (`python
-bench/train_step_bench.py`), and the sampler runs channels-last, a fifth off a step (docs/performance.md). The
+bench/train_step_bench.py`), and the sampler runs channels-last, about a tenth off a step (docs/performance.md). The
 modules leave both in the contiguous layout, the one they are saved and loaded in."""
 
 from __future__ import annotations

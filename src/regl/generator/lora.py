@@ -210,7 +210,7 @@ def _sort_safetensors_metadata(path: Path) -> None:
 def load_lora(pipe: StableDiffusionPipeline, folder: Path, scale: float | None = None) -> None:
     """The adapter in ``folder`` into ``pipe``'s U-Net; with ``scale``, merged into the U-Net's weights at that scale:
     the images of applying it at ``scale`` step by step, within float rounding, at the base model's cost (the
-    unmerged adapter's extra products took a fifth of a sampling step; docs/performance.md)."""
+    unmerged adapter's extra products took about a quarter of a sampling step; docs/performance.md)."""
     path = Path(folder) / WEIGHT_NAME
     if not path.is_file():
         raise ReglError(f"{path}: LoRA weights not found (run `dvc repro finetune_lora`)")

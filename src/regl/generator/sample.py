@@ -65,7 +65,7 @@ def generate(pipe, prompts: list[str], latents: torch.Tensor, cfg: GenerateParam
     dev, dtype = pipe.unet.device, pipe.unet.dtype
     out = []
     starts = range(0, len(prompts), cfg.batch_size)
-    with channels_last(pipe.unet, pipe.vae):  # a fifth off a sampling step on 2 CPU cores (docs/performance.md)
+    with channels_last(pipe.unet, pipe.vae):  # about a tenth off a sampling step on 2 CPU cores (docs/performance.md)
         for i in tqdm(starts, desc=desc, disable=len(starts) < 2, mininterval=5):
             batch = pipe(prompt=prompts[i : i + cfg.batch_size], num_inference_steps=cfg.steps,
                          guidance_scale=cfg.guidance_scale, latents=latents[i : i + cfg.batch_size].to(dev, dtype),

@@ -3,8 +3,8 @@
 ``ComputeParams`` is params.yaml's `compute` section, shared by every stage that trains or scores a classifier
 (reference_classifier, federated_train, personalize, generator_quality, evaluate): it changes speed and memory,
 not the recipe, and on CPU the defaults leave every result what it was (fp32, contiguous, decoding in the
-stage's process). Those stages' models (SGDParams, EvaluateParams) extend it, and the loader fills these fields from the
-`compute` section.
+stage's process). Those stages' models (SGDParams, EvaluateParams) extend it, and the loader fills these fields
+from the `compute` section.
 """
 
 from __future__ import annotations
