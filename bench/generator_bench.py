@@ -5,7 +5,7 @@ models/reference_classifier, data/prepared/public.parquet and data/clients). Rep
 
 - generation throughput (images/s, generate.* defaults: guidance, scheduler, steps, batch);
 - for each LoRA recipe in RECIPES, on a few clients: fine-tune seconds per client, the adapted images'
-  classifiability (all classes, and the client's own), and the Fréchet distance of the client's real images
+  classifiability (all classes, the client's own, and the others), and the Fréchet distance of the client's real images
   to vanilla (LoRA scale 0) vs adapted images, same seeds;
 - with --pretrain-recipes, for each tiny-sd pre-training recipe in PRETRAIN_RECIPES (overrides of params.yaml's
   `generator` section; most are changes of the previous default, PREVIOUS): its CPU seconds (process time, all threads) and wall seconds, the base model's images
@@ -17,6 +17,10 @@ models/reference_classifier, data/prepared/public.parquet and data/clients). Rep
     python bench/generator_bench.py [--clients 0 1 3 5] [--images-per-class 20] [--recipes all] [--out FILE]
     python bench/generator_bench.py --recipes none --pretrain-recipes all --clients 1 3 5 --out bench/results/pretrain_recipes.json
     python bench/generator_bench.py --recipes none --throughput-images 0 --sampling-steps 20 12 8 --images-per-class 30 --out bench/results/sampling_steps.json
+    python bench/generator_bench.py --generator INVERT_BASE --clients 0 3 5 7 --throughput-images 0 --recipes ... --out bench/results/lora_invert.json
+
+(the last: the recipes of docs/generator.md's "Over the `invert` base", over a base pre-trained at
+generator.public_style invert)
 """
 
 from __future__ import annotations
@@ -61,6 +65,22 @@ RECIPES = {
     "attention + conv, 100 steps": {"target_modules": CONV, "steps": 100},
     "attention + conv, 100 steps, lr 1.5e-3": {"target_modules": CONV, "steps": 100, "lr": 1.5e-3},
     "attention + conv, 75 steps, lr 2e-3": {"target_modules": CONV, "steps": 75, "lr": 2e-3},
+    # Why an adapter that learns a client's style on its own classes leaves the others in the base's style (the
+    # `invert` base, docs/generator.md): what it adapts, its capacity, its steps, what its captions tie the style to.
+    # "prompt" and "guidance_scale" are generation's (generate.*), the rest finetune's.
+    "self-attention + conv, 100 steps": {"target_modules": SELF_CONV, "steps": 100},
+    "conv only, 100 steps": {"target_modules": ("conv1", "conv2"), "steps": 100},
+    "attention + conv, 100 steps, rank 32": {"target_modules": CONV, "steps": 100, "rank": 32, "alpha": 32},
+    "attention + conv, 300 steps": {"target_modules": CONV, "steps": 300},
+    "attention + conv, 100 steps, half empty captions": {"target_modules": CONV, "steps": 100,
+                                                         "empty_caption_share": 0.5},
+    "attention + conv, 100 steps, style token": {"target_modules": CONV, "steps": 100,
+                                                 "caption": "a photo of {class}, sks style",
+                                                 "prompt": "A photo of {class}, sks style"},
+    # guidance extrapolates away from the unconditional branch, which the empty captions adapt to the client
+    "attention + conv, 100 steps, no empty captions": {"target_modules": CONV, "steps": 100,
+                                                       "empty_caption_share": 0.0},
+    "attention + conv, 100 steps, guidance 1": {"target_modules": CONV, "steps": 100, "guidance_scale": 1.0},
 }
 
 
@@ -115,6 +135,8 @@ def throughput(pipe, cfg: GenerateParams, names: list[str], n: int) -> float:
 
 def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, scale: float, clients: list[int],
                per_class_n: int, model, generator: Path, scratch: Path) -> dict:
+    overrides = dict(overrides)
+    sample = sample.model_copy(update={k: overrides.pop(k) for k in ("prompt", "guidance_scale") if k in overrides})
     cfg = base.model_copy(update=overrides)
     rows, times = {}, []
     for c in clients:
@@ -136,12 +158,17 @@ def run_recipe(overrides: dict, base: FinetuneParams, sample: GenerateParams, sc
         rows[client_name(c)] = {k: q[k] for k in ("classifiability", "classifiability_own_classes",
                                                   "classifiability_own_classes_vanilla", "frechet_vanilla",
                                                   "frechet_adapted")}
+        # the classes the client generates for the others: every class has per_class_n images
+        held = int(own.sum()) // per_class_n
+        rows[client_name(c)]["classifiability_other_classes"] = round(
+            (len(names) * q["classifiability"] - held * q["classifiability_own_classes"]) / (len(names) - held), 4)
     measured = [r for r in rows.values() if r["frechet_vanilla"] is not None]  # a class of ≥ 10 real images
     return {"finetune_s_per_client": round(float(np.mean(times)), 1),
             "classifiability": round(float(np.mean([r["classifiability"] for r in rows.values()])), 3),
             "own_classes": round(float(np.mean([r["classifiability_own_classes"] for r in rows.values()])), 3),
             "own_classes_vanilla": round(float(np.mean([r["classifiability_own_classes_vanilla"]
                                                        for r in rows.values()])), 3),
+            "other_classes": round(float(np.mean([r["classifiability_other_classes"] for r in rows.values()])), 3),
             "frechet": "per class",  # generator_quality's class-by-class distance (before it: pooled)
             "adapted_closer": sum(r["frechet_adapted"] < r["frechet_vanilla"] for r in measured),
             "clients_measured": len(measured),
@@ -245,7 +272,8 @@ def main() -> None:
 
     names = {"all": list(RECIPES), "none": []}.get(" ".join(args.recipes), args.recipes)
     results["recipes"] = {}
-    header = f"{'recipe':<36}{'ft s':>6}{'class.':>8}{'own':>7}{'own van':>8}{'FD van':>9}{'FD ad':>9}{'closer':>8}"
+    header = (f"{'recipe':<36}{'ft s':>6}{'class.':>8}{'own':>7}{'own van':>8}{'other':>7}{'FD van':>9}{'FD ad':>9}"
+              f"{'closer':>8}")
     if names:
         print(header)
     for name in names:
@@ -253,7 +281,8 @@ def main() -> None:
                        args.generator, scratch)
         results["recipes"][name] = r
         print(f"{name:<36}{r['finetune_s_per_client']:>6}{r['classifiability']:>8}{r['own_classes']:>7}"
-              f"{r['own_classes_vanilla']:>8}{r['frechet_vanilla_mean']:>9}{r['frechet_adapted_mean']:>9}"
+              f"{r['own_classes_vanilla']:>8}{r['other_classes']:>7}{r['frechet_vanilla_mean']:>9}"
+              f"{r['frechet_adapted_mean']:>9}"
               f"{r['adapted_closer']:>5}/{len(args.clients)}", flush=True)
         save(args, results)
 

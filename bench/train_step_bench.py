@@ -7,6 +7,12 @@ sizes on random weights and random 32 px images (a step's cost does not depend o
 alternate, so both see the same machine; the figure is the median over ``--steps`` timed steps after a warm-up.
 
     python bench/train_step_bench.py [--steps 20] [--out bench/results/train_step.json]
+
+With ``--half-batch`` it times instead the VAE's and the U-Net's step in the stages' layout (channels-last, fused
+AdamW) at params.yaml's generator.batch_size and at half of it, the four alternated (the `pretrain-recipe` grid's
+`batch32` column):
+
+    python bench/train_step_bench.py --half-batch --steps 12 --out bench/results/train_step_half_batch.json
 """
 
 from __future__ import annotations
@@ -73,22 +79,44 @@ def time_layouts(build, steps: int, warmup: int = 3) -> dict[str, float]:
     return timed(variants, steps, warmup)
 
 
+def time_half_batch(cfg: GeneratorParams, steps: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms a step of the VAE and the U-Net, channels-last with the fused AdamW, at cfg.batch_size and half;
+    the keys name generator.batch_size (the VAE trains at half of it)."""
+    variants = {}
+    for batch in (cfg.batch_size, cfg.batch_size // 2):
+        c = cfg.model_copy(update={"batch_size": batch})
+        for name, build in (("vae", vae_step), ("unet", denoiser_step)):
+            model, params, step = build(c)
+            model.to(memory_format=torch.channels_last)
+            model.train()
+            variants[f"{name}_batch{batch}"] = functools.partial(step, torch.optim.AdamW(params, lr=1e-4, fused=True))
+    out = timed(variants, steps, warmup)
+    del out["ratio"]  # timed's last-over-first; the ratios that mean something are per trainer
+    for name in ("vae", "unet"):
+        out[f"{name}_ratio"] = round(out[f"{name}_batch{cfg.batch_size // 2}"] / out[f"{name}_batch{cfg.batch_size}"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--half-batch", action="store_true",
+                        help="time the VAE and U-Net at generator.batch_size and half of it instead")
     args = parser.parse_args()
     threads = load_experiment(DEFAULT_PARAMS).threads
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_section(DEFAULT_PARAMS, "generator", GeneratorParams)
     lora = load_section(DEFAULT_PARAMS, "finetune", FinetuneParams)
-    result = {"threads": threads, "torch": torch.__version__, "steps": args.steps, "ms_per_step": {
-        "vae": time_layouts(lambda: vae_step(cfg), args.steps),
-        "unet": time_layouts(lambda: denoiser_step(cfg), args.steps),
-        "lora": time_layouts(lambda: denoiser_step(cfg, lora), args.steps),
-    }}
-    text = json.dumps(result, indent=2)
+    if args.half_batch:
+        ms = time_half_batch(cfg, args.steps)
+    else:
+        ms = {"vae": time_layouts(lambda: vae_step(cfg), args.steps),
+              "unet": time_layouts(lambda: denoiser_step(cfg), args.steps),
+              "lora": time_layouts(lambda: denoiser_step(cfg, lora), args.steps)}
+    text = json.dumps({"threads": threads, "torch": torch.__version__, "steps": args.steps, "ms_per_step": ms},
+                      indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
